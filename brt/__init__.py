@@ -1,0 +1,1 @@
+"""brt: Block-Recurrent Transformers in JAX/Flax."""

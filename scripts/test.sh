@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The test command: sets up .venv if needed, then runs the test suite.
+# Extra arguments go to pytest (e.g. `bash scripts/test.sh -m slow`).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+bash scripts/setup_env.sh
+# Tests run on the CPU with several fake devices so sharding code is exercised.
+export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"
+export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+set +e
+.venv/bin/python -m pytest "$@"
+rc=$?
+set -e
+if [ "$rc" -eq 5 ]; then
+  echo "error: pytest collected no tests; that is a failure here." >&2
+  exit 1
+fi
+exit "$rc"
