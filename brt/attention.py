@@ -1,0 +1,118 @@
+"""Attention arithmetic, window masks and positions (no parameters here).
+
+Everything that depends only on the block width (the causal window mask,
+relative-position buckets, rotary tables) is computed once, outside the scan
+over blocks, and handed to every block step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Large negative logit for masked keys: exp() of it underflows to exactly 0,
+# so masked keys contribute nothing (not "almost nothing") to the softmax.
+_MASKED = -1e30
+
+
+def window_mask(block_width: int) -> np.ndarray:
+  """(W, 2W) bool: query i of a block sees cached keys 0..W-1 and block keys 0..i.
+
+  Keys are laid out as [previous block (W), this block (W)], so query i sits
+  at key position W + i and sees every key j <= W + i: between W and 2W - 1
+  earlier tokens, plus itself.
+  """
+  q = np.arange(block_width)[:, None] + block_width
+  k = np.arange(2 * block_width)[None, :]
+  return k <= q
+
+
+def window_distances(block_width: int) -> np.ndarray:
+  """(W, 2W) int: query position minus key position (clipped at 0)."""
+  q = np.arange(block_width)[:, None] + block_width
+  k = np.arange(2 * block_width)[None, :]
+  return np.maximum(q - k, 0)
+
+
+def relative_position_buckets(distance: np.ndarray, num_buckets: int,
+                              max_distance: int) -> np.ndarray:
+  """T5's causal buckets: exact for small distances, logarithmic beyond.
+
+  Half the buckets hold distances 0..num_buckets/2 - 1 one each; the rest
+  cover up to max_distance on a log scale; farther keys share the last one.
+  """
+  exact = num_buckets // 2
+  distance = np.asarray(distance)
+  safe = np.maximum(distance, 1)  # log(0) is never used: those are exact.
+  log_bucket = exact + (np.log(safe / exact) / math.log(max_distance / exact)
+                        * (num_buckets - exact)).astype(np.int64)
+  log_bucket = np.minimum(log_bucket, num_buckets - 1)
+  return np.where(distance < exact, distance, log_bucket).astype(np.int32)
+
+
+def rotary_tables(positions: np.ndarray, head_dim: int, base: float):
+  """sin and cos tables, (len(positions), head_dim / 2), for rotary embeddings."""
+  inv_freq = 1.0 / (base ** (np.arange(0, head_dim, 2) / head_dim))
+  angles = positions[:, None].astype(np.float64) * inv_freq[None, :]
+  return np.sin(angles).astype(np.float32), np.cos(angles).astype(np.float32)
+
+
+def apply_rotary(x: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:
+  """Rotates (B, T, H, k) by position; sin/cos are (T, k/2)."""
+  x1, x2 = jnp.split(x, 2, axis=-1)
+  sin = sin[None, :, None, :].astype(x.dtype)
+  cos = cos[None, :, None, :].astype(x.dtype)
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
+  x32 = x.astype(jnp.float32)
+  norm = jnp.sqrt(jnp.sum(x32 * x32, axis=-1, keepdims=True) + eps)
+  return (x32 / norm).astype(x.dtype)
+
+
+def attend(query: jax.Array, key: jax.Array, value: jax.Array, *,
+           scale: jax.Array | float, bias: jax.Array | None = None,
+           mask: jax.Array | None = None) -> jax.Array:
+  """Multi-head (or multi-query) dot-product attention.
+
+  Args:
+    query: (B, Q, H, k). key, value: (B, K, G, k) where G divides H (G = H for
+      ordinary heads, G = 1 for multi-query attention).
+    scale: a scalar, or (H,) per-head scales (normalised queries/keys).
+    bias: added to the logits, broadcastable to (B, H, Q, K).
+    mask: bool, True where a key is visible, broadcastable to (B, H, Q, K).
+  Returns:
+    (B, Q, H, k) in the query's dtype.
+  """
+  b, q_len, heads, k_size = query.shape
+  groups = key.shape[2]
+  per_group = heads // groups
+  # Group query heads by the key/value head they share: (B, Q, G, H/G, k).
+  grouped = query.reshape(b, q_len, groups, per_group, k_size)
+  logits = jnp.einsum("bqgnd,bkgd->bgnqk", grouped, key,
+                      preferred_element_type=jnp.float32)
+  scale = jnp.asarray(scale, jnp.float32)
+  if scale.ndim:
+    scale = scale.reshape(groups, per_group, 1, 1)
+  logits = logits * scale
+
+  def as_grouped(x):
+    """(B?, H, Q, K) broadcastable -> (B?, G, H/G, Q, K) broadcastable."""
+    x = jnp.asarray(x)
+    while x.ndim < 4:
+      x = x[None]
+    if x.shape[1] == 1:
+      return x[:, :, None]
+    return x.reshape(x.shape[0], groups, per_group, *x.shape[2:])
+
+  if bias is not None:
+    logits = logits + as_grouped(bias).astype(jnp.float32)
+  if mask is not None:
+    logits = jnp.where(as_grouped(mask), logits, _MASKED)
+  weights = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
+  out = jnp.einsum("bgnqk,bkgd->bqgnd", weights, value)
+  return out.reshape(b, q_len, heads, k_size)
