@@ -109,22 +109,10 @@ class DocumentSet:
 
   def save(self, directory: str) -> None:
     """Writes the set to `directory` atomically (a reader never sees half)."""
-    parent = os.path.dirname(os.path.abspath(directory))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-docs-", dir=parent)
-    try:
-      np.save(os.path.join(tmp, "tokens.npy"), self.tokens)
-      np.savez(os.path.join(tmp, "index.npz"), offsets=self.offsets,
-               num_bytes=self.num_bytes, num_words=self.num_words)
-      with open(os.path.join(tmp, "meta.json"), "w") as f:
-        json.dump({"format_version": FORMAT_VERSION,
-                   "vocab_size": self.vocab_size, "names": self.names}, f)
-      if os.path.exists(directory):
-        shutil.rmtree(directory)
-      os.replace(tmp, directory)
-    except BaseException:
-      shutil.rmtree(tmp, ignore_errors=True)
-      raise
+    with DocumentSetWriter(directory, self.vocab_size) as writer:
+      for i in range(len(self)):
+        writer.add(self[i], self.names[i], self.num_bytes[i],
+                   self.num_words[i])
 
   @classmethod
   def load(cls, directory: str, mmap: bool = True) -> "DocumentSet":
@@ -134,8 +122,12 @@ class DocumentSet:
       raise ValueError(f"{directory}: saved with format "
                        f"{meta.get('format_version')}, expected "
                        f"{FORMAT_VERSION}; delete it to rebuild.")
-    tokens = np.load(os.path.join(directory, "tokens.npy"),
-                     mmap_mode="r" if mmap else None)
+    dtype = np.dtype(meta["dtype"])
+    path = os.path.join(directory, "tokens.bin")
+    if mmap and os.path.getsize(path) > 0:  # an empty file cannot be mapped
+      tokens = np.memmap(path, dtype=dtype, mode="r")
+    else:
+      tokens = np.fromfile(path, dtype=dtype)
     index = np.load(os.path.join(directory, "index.npz"))
     return cls(tokens, index["offsets"], index["num_bytes"],
                index["num_words"], meta["names"], meta["vocab_size"])
@@ -143,3 +135,59 @@ class DocumentSet:
   @staticmethod
   def exists(directory: str) -> bool:
     return os.path.exists(os.path.join(directory, "meta.json"))
+
+
+class DocumentSetWriter:
+  """Streams documents to disk, so a split larger than memory can be saved.
+
+  Use as a context manager; the set appears at `directory` only when the
+  block exits without error.
+  """
+
+  def __init__(self, directory: str, vocab_size: int):
+    self.directory = directory
+    self.vocab_size = int(vocab_size)
+    self.dtype = token_dtype(vocab_size)
+    parent = os.path.dirname(os.path.abspath(directory))
+    os.makedirs(parent, exist_ok=True)
+    self._tmp = tempfile.mkdtemp(prefix=".tmp-docs-", dir=parent)
+    self._tokens = open(os.path.join(self._tmp, "tokens.bin"), "wb")
+    self._offsets = [0]
+    self._bytes: list[int] = []
+    self._words: list[int] = []
+    self._names: list[str] = []
+
+  def add(self, tokens, name: str, num_bytes: int, num_words: int) -> None:
+    tokens = np.asarray(tokens)
+    if len(tokens) and (tokens.min() < 0 or tokens.max() >= self.vocab_size):
+      raise ValueError(
+          f"Document {name!r} has token ids in [{tokens.min()}, "
+          f"{tokens.max()}] but the vocabulary has {self.vocab_size} entries.")
+    self._tokens.write(tokens.astype(self.dtype).tobytes())
+    self._offsets.append(self._offsets[-1] + len(tokens))
+    self._bytes.append(int(num_bytes))
+    self._words.append(int(num_words))
+    self._names.append(str(name))
+
+  def __enter__(self) -> "DocumentSetWriter":
+    return self
+
+  def __exit__(self, exc_type, exc, tb) -> None:
+    self._tokens.close()
+    if exc_type is not None:
+      shutil.rmtree(self._tmp, ignore_errors=True)
+      return
+    try:
+      np.savez(os.path.join(self._tmp, "index.npz"),
+               offsets=np.asarray(self._offsets, np.int64),
+               num_bytes=np.asarray(self._bytes, np.int64),
+               num_words=np.asarray(self._words, np.int64))
+      with open(os.path.join(self._tmp, "meta.json"), "w") as f:
+        json.dump({"format_version": FORMAT_VERSION, "dtype": self.dtype.str,
+                   "vocab_size": self.vocab_size, "names": self._names}, f)
+      if os.path.exists(self.directory):
+        shutil.rmtree(self.directory)
+      os.replace(self._tmp, self.directory)
+    except BaseException:
+      shutil.rmtree(self._tmp, ignore_errors=True)
+      raise
