@@ -16,12 +16,14 @@ from brt.data import ignore_rules
 from brt.data.local_files import ReadStats, decode_utf8, split_dir
 
 # Folders that hold other people's code, build output or tool state; their
-# text would swamp the repository's own code.
+# text would swamp the repository's own code. Virtual environments are
+# recognised by their `pyvenv.cfg`, not by name (the stdlib has a package
+# called `venv`).
 DEFAULT_EXCLUDED_DIRS = frozenset({
     ".git", ".hg", ".svn", "node_modules", "vendor", "vendored",
-    "third_party", "third-party", "bower_components", "__pycache__", ".venv",
-    "venv", "site-packages", ".tox", ".mypy_cache", ".pytest_cache", "build",
-    "dist", ".idea", ".vscode",
+    "third_party", "third-party", "bower_components", "__pycache__",
+    "site-packages", ".tox", ".mypy_cache", ".pytest_cache", "build", "dist",
+    ".idea", ".vscode",
 })
 FILE_HEADER = "<<< {path} >>>\n"
 # git's own heuristic: a NUL byte in the first 8000 bytes means binary.
@@ -45,8 +47,9 @@ def _list_files(repo_dir: str, exclude_dirs: Iterable[str],
     keep_dirs = []
     for d in sorted(dirnames):
       full = os.path.join(dirpath, d)
-      if d in exclude_dirs or os.path.islink(full) or ignores.ignored(
-          join(d), is_dir=True):
+      if (d in exclude_dirs or os.path.islink(full)
+          or os.path.isfile(os.path.join(full, "pyvenv.cfg"))
+          or ignores.ignored(join(d), is_dir=True)):
         stats.skip("skipped_excluded", full, "excluded folder", warn=False)
       else:
         keep_dirs.append(d)

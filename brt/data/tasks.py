@@ -17,6 +17,7 @@ must stay in order in one batch row.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import re
@@ -36,6 +37,9 @@ SPLITS = local_files.SPLITS
 PG19_TFDS = "pg19:0.1.1"
 ARXIV_TFDS = "scientific_papers/arxiv:1.1.1"
 
+# Bump when readers change what documents they produce from the same files,
+# so that cached tokens are rebuilt.
+READER_VERSION = 2
 # Where get_documents caches a task's tokens (None: no cache).
 _TOKEN_CACHE_DIRS: dict[str, Optional[str]] = {}
 # Cheap identity of each task's local data, part of the token cache key.
@@ -145,8 +149,15 @@ def _register_local(base: str, data_dir: str, reader: Reader, vocabulary: str,
   name = name or f"{base}_{vocabulary_tag(vocabulary)}"
   register_task(name, LocalSource(data_dir, reader), vocab, add_eos=add_eos,
                 token_cache_dir=os.path.join(data_dir, "tokens"))
-  _DATA_FINGERPRINTS[name] = lambda split: vocabularies.split_fingerprint(
-      local_files.split_dir(data_dir, split))
+  # The token cache must change when the files, or what the reader makes of
+  # them (filters, limits, EOS), change.
+  settings = repr((READER_VERSION, add_eos, getattr(reader, "keywords", None)))
+  def fingerprint(split):
+    h = hashlib.sha256(settings.encode())
+    h.update(vocabularies.split_fingerprint(
+        local_files.split_dir(data_dir, split)).encode())
+    return h.hexdigest()[:16]
+  _DATA_FINGERPRINTS[name] = fingerprint
   return name
 
 

@@ -99,6 +99,8 @@ def code_corpus(tmp_path):
   write(repo / "secret" / "key.py", "KEY = 1\n")
   write(repo / "node_modules" / "dep" / "index.js", "module.exports = 1\n")
   write(repo / "third_party" / "lib.py", "vendored = True\n")
+  write(repo / "env" / "pyvenv.cfg", "home = /usr/bin\n")
+  write(repo / "env" / "lib" / "site.py", "installed = True\n")
   write(root / "train" / "other" / "main.py", "print('hi')\n")
   write(root / "train" / "single.py", "# one file\n")
   write(root / "validation" / "only_binary" / "a.bin", b"\x00\x01")
@@ -120,8 +122,8 @@ def test_repository_document_in_path_order_with_filters(code_corpus, caplog):
   assert stats.skipped_not_utf8 == 1 and "old.py" in caplog.text
   assert stats.skipped_too_large == 1
   # gen_out.py by the nested .gitignore, run.log and secret/ by the root
-  # one, node_modules/ and third_party/ by default.
-  assert stats.skipped_excluded == 5
+  # one, node_modules/, third_party/ and the virtualenv env/ by default.
+  assert stats.skipped_excluded == 6
 
 
 def test_repository_without_extension_filter_skips_binaries(code_corpus):

@@ -105,6 +105,11 @@ def test_github_local_one_document_per_repository(tmp_path):
                       "<<< src/main.py >>>\nprint('hello')\n")
   assert docs.names == ["repo_train"]
   np.testing.assert_array_equal(docs[0], byte_ids(expected))
+  # Other filters make other documents, never a stale cached one.
+  tasks.register_github_local(str(root), extensions=(".py",))
+  np.testing.assert_array_equal(
+      tasks.get_documents(name, "train")[0],
+      byte_ids("<<< src/main.py >>>\nprint('hello')\n"))
 
 
 def test_missing_directory_and_uncovered_vocabulary(tmp_path):
