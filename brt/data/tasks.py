@@ -224,6 +224,14 @@ def _tfds_vocabulary(vocabulary: str) -> seqio.Vocabulary:
   return resolve_vocabulary(vocabulary)  # "spm" needs local text: refused
 
 
+def _tfds_token_cache(token_cache_dir, tfds_data_dir):
+  # PG19's training split does not fit in memory as Python lists: cache its
+  # tokens on disk beside the tfds data unless told otherwise.
+  if token_cache_dir is None and tfds_data_dir is not None:
+    return os.path.join(tfds_data_dir, "brt_tokens")
+  return token_cache_dir
+
+
 def register_pg19_tfds(*, vocabulary: str = "bytes",
                        tfds_data_dir: Optional[str] = None,
                        token_cache_dir: Optional[str] = None,
@@ -233,6 +241,7 @@ def register_pg19_tfds(*, vocabulary: str = "bytes",
   Task `pg19_<vocab>`."""
   source = seqio.TfdsDataSource(tfds_name=PG19_TFDS,
                                 tfds_data_dir=tfds_data_dir)
+  token_cache_dir = _tfds_token_cache(token_cache_dir, tfds_data_dir)
   return register_task(name or f"pg19_{vocabulary_tag(vocabulary)}", source,
                        _tfds_vocabulary(vocabulary), text_key="book_text",
                        id_key="book_title", add_eos=add_eos,
@@ -248,6 +257,7 @@ def register_arxiv_tfds(*, vocabulary: str = "bytes",
   Task `arxiv_<vocab>`."""
   source = seqio.TfdsDataSource(tfds_name=ARXIV_TFDS,
                                 tfds_data_dir=tfds_data_dir)
+  token_cache_dir = _tfds_token_cache(token_cache_dir, tfds_data_dir)
   return register_task(name or f"arxiv_{vocabulary_tag(vocabulary)}", source,
                        _tfds_vocabulary(vocabulary), text_key="article",
                        id_key=None, add_eos=add_eos,
