@@ -1,6 +1,6 @@
 """Input pipelines: sources, vocabularies, seqio tasks and long-document batching.
 
-Modules (import what you need; only `tasks`, `vocabularies` and `tfds_sources`
+Modules (import what you need; only `tasks`, `pipeline` and `vocabularies`
 pull in TensorFlow, so a trainer that reads a prepared `DocumentSet` stays light):
 
 - `documents`  tokenized documents of a split as one flat array plus offsets.
@@ -10,5 +10,6 @@ pull in TensorFlow, so a trainer that reads a prepared `DocumentSet` stays light
 - `code_repos` local GitHub-style repositories, one document per repository.
 - `vocabularies` byte and SentencePiece vocabularies.
 - `tasks`      seqio task registration and `get_documents(task, split)`.
+- `pipeline`   `train_batches` / `eval_batches` by task name, for the trainer.
 - `demo_corpora` the offline Gutenberg-plays and stdlib-code corpora.
 """

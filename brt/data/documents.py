@@ -100,12 +100,10 @@ class DocumentSet:
     lengths = np.array([len(a) for a in arrays], np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     flat = (np.concatenate(arrays) if arrays else np.zeros(0, np.int64))
-    docset = cls(flat.astype(token_dtype(vocab_size)), offsets, num_bytes,
-                 num_words, names, vocab_size)
-    # Check before the cast could have wrapped an out-of-range id.
-    if len(flat) and (flat.min() < 0 or flat.max() >= vocab_size):
-      cls(flat, offsets, num_bytes, num_words, names, vocab_size).validate()
-    return docset
+    # Validate before the cast to a narrow dtype could wrap a bad id.
+    cls(flat, offsets, num_bytes, num_words, names, vocab_size).validate()
+    return cls(flat.astype(token_dtype(vocab_size)), offsets, num_bytes,
+               num_words, names, vocab_size)
 
   def save(self, directory: str) -> None:
     """Writes the set to `directory` atomically (a reader never sees half)."""

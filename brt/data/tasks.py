@@ -61,9 +61,13 @@ def vocabulary_tag(vocabulary: str) -> str:
 
 def resolve_vocabulary(vocabulary: str, *, data_dir: Optional[str] = None,
                        reader: Optional[Reader] = None,
-                       spm_vocab_size: int = 32000, spm_seed: int = 0
-                       ) -> seqio.Vocabulary:
-  """A seqio vocabulary for "bytes", "spm" (trained here) or a model path."""
+                       spm_vocab_size: int = 32000, spm_seed: int = 0,
+                       reader_settings: str = "") -> seqio.Vocabulary:
+  """A seqio vocabulary for "bytes", "spm" (trained here) or a model path.
+
+  `reader_settings` describes how `reader` turns files into documents; it is
+  part of the cached model's fingerprint.
+  """
   if vocabulary == "bytes":
     return vocabularies.byte_vocabulary()
   if vocabulary == "spm":
@@ -75,7 +79,8 @@ def resolve_vocabulary(vocabulary: str, *, data_dir: Optional[str] = None,
     return vocabularies.cached_sentencepiece(
         os.path.join(data_dir, "vocab"), spm_vocab_size,
         lambda: (text for _, text in reader(data_dir, "train")),
-        seed=spm_seed, fingerprint=vocabularies.split_fingerprint(train_dir))
+        seed=spm_seed, fingerprint=_hash(
+            reader_settings, vocabularies.split_fingerprint(train_dir)))
   if vocabulary.endswith(".model") or os.path.exists(vocabulary):
     return vocabularies.sentencepiece_vocabulary(vocabulary)
   raise ValueError(f"Unknown vocabulary {vocabulary!r}: use 'bytes', 'spm' "
@@ -144,21 +149,23 @@ def _register_local(base: str, data_dir: str, reader: Reader, vocabulary: str,
                     name: Optional[str]) -> str:
   data_dir = os.path.abspath(data_dir)
   local_files.split_dir(data_dir, "train")  # fail early with a clear error
+  # Cached tokens and models must change when the files, or what the reader
+  # makes of them (filters, limits, EOS), change.
+  settings = repr((READER_VERSION, add_eos, getattr(reader, "keywords", None)))
   vocab = resolve_vocabulary(vocabulary, data_dir=data_dir, reader=reader,
-                             spm_vocab_size=spm_vocab_size, spm_seed=spm_seed)
+                             spm_vocab_size=spm_vocab_size, spm_seed=spm_seed,
+                             reader_settings=settings)
   name = name or f"{base}_{vocabulary_tag(vocabulary)}"
   register_task(name, LocalSource(data_dir, reader), vocab, add_eos=add_eos,
                 token_cache_dir=os.path.join(data_dir, "tokens"))
-  # The token cache must change when the files, or what the reader makes of
-  # them (filters, limits, EOS), change.
-  settings = repr((READER_VERSION, add_eos, getattr(reader, "keywords", None)))
-  def fingerprint(split):
-    h = hashlib.sha256(settings.encode())
-    h.update(vocabularies.split_fingerprint(
-        local_files.split_dir(data_dir, split)).encode())
-    return h.hexdigest()[:16]
-  _DATA_FINGERPRINTS[name] = fingerprint
+  _DATA_FINGERPRINTS[name] = lambda split: _hash(
+      settings, vocabularies.split_fingerprint(
+          local_files.split_dir(data_dir, split)))
   return name
+
+
+def _hash(*parts: str) -> str:
+  return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
 def register_pg19_local(data_dir: str, *, vocabulary: str = "bytes",

@@ -165,3 +165,16 @@ def test_documents_through_the_batcher_rebuild_the_text(tmp_path):
   texts = list(BOOKS["train"].values())
   # Inputs hold every token but the final EOS, which is only a target.
   assert [vocab.decode(rows[i]) for i in range(2)] == texts
+
+
+def test_pipeline_streams_by_task_name(tmp_path):
+  from brt.data import pipeline
+  root = write_books(tmp_path / "pg19")
+  name = tasks.register_pg19_local(str(root))
+  train = pipeline.train_batches(name, batch_size=2, segment_length=8,
+                                 shard_index=1, num_shards=2)
+  b = next(train)
+  assert b["inputs"].shape == (1, 8) and b["start_of_sequence"].all()
+  ev = list(pipeline.eval_batches(name, batch_size=1, segment_length=64))
+  # The one validation book, 45 bytes + EOS: 45 targets in one segment.
+  assert len(ev) == 1 and ev[0]["loss_mask"].sum() == 45
