@@ -76,10 +76,21 @@ class EvalAccumulator:
       totals.bytes = int(batch["doc_bytes"][r])
       totals.words = int(batch["doc_words"][r])
 
+  def totals(self) -> np.ndarray:
+    """[loss_nats, tokens, bytes, words, documents]: with host-sharded eval
+    each host holds other documents, so sum these over hosts and pass them
+    to `metrics_from_totals`."""
+    t = self.docs.values()
+    return np.array([sum(d.loss_nats for d in t), sum(d.tokens for d in t),
+                     sum(d.bytes for d in t), sum(d.words for d in t),
+                     len(self.docs)], np.float64)
+
   def result(self) -> dict:
-    totals = self.docs.values()
-    out = compute_metrics(
-        sum(t.loss_nats for t in totals), sum(t.tokens for t in totals),
-        sum(t.bytes for t in totals), sum(t.words for t in totals))
-    out["num_documents"] = len(self.docs)
-    return out
+    return metrics_from_totals(self.totals())
+
+
+def metrics_from_totals(totals) -> dict:
+  loss, tokens, n_bytes, words, docs = (float(x) for x in totals)
+  out = compute_metrics(loss, int(tokens), int(n_bytes), int(words))
+  out["num_documents"] = int(docs)
+  return out

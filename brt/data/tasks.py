@@ -141,6 +141,7 @@ def register_task(name: str, source: seqio.DataSource,
       output_features={"targets": seqio.Feature(vocabulary, add_eos=add_eos,
                                                 dtype=tf.int32)})
   _TOKEN_CACHE_DIRS[name] = token_cache_dir
+  _DATA_FINGERPRINTS.pop(name, None)  # a local registration sets its own
   return name
 
 

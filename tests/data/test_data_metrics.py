@@ -48,3 +48,19 @@ def test_accumulator_counts_each_document_once_across_segments():
   assert r["num_words"] == 6 + 2
   assert math.isclose(r["bits_per_byte"], 31 / 33 / math.log(2))
   assert math.isclose(r["word_perplexity"], math.exp(31 / 8))
+
+
+def test_sharded_eval_totals_add_up_to_the_unsharded_result():
+  texts = [TEXT, "a b", "one two three four"]
+  docs = documents.DocumentSet.from_token_lists(
+      [list(t.encode()) for t in texts], vocab_size=256, texts=texts)
+  def run(shard, shards):
+    acc = metrics.EvalAccumulator()
+    for b in batching.eval_batcher(docs, batch_size=2, segment_length=4,
+                                   shard_index=shard, num_shards=shards):
+      acc.update(b, 0.5 * b["inputs"])  # any deterministic per-token loss
+    return acc
+  whole = run(0, 1).result()
+  summed = metrics.metrics_from_totals(run(0, 2).totals() + run(1, 2).totals())
+  assert summed == whole
+  assert whole["num_documents"] == 3 and whole["num_bytes"] == 30 + 3 + 18
