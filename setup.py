@@ -18,5 +18,5 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["brt", "brt.*"]),
     python_requires=">=3.11",
     install_requires=requirements,
-    extras_require={"test": ["pytest>=8,<10"]},
+    extras_require={"test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4"]},
 )

@@ -1,0 +1,65 @@
+"""No token sees the future; without recurrence, nothing is seen too far back."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import VARIANTS, apply, init_model, random_tokens, tiny_config
+
+
+def changed_positions(model, variables, tokens, position, piece=None):
+  """Positions whose logits change when the token at `position` changes.
+
+  The text is fed in calls of `piece` tokens (default: one call), passing the
+  carry, so that influence through the carry across segments is covered too.
+  """
+  piece = piece or tokens.shape[1]
+  edited = tokens.at[:, position].set((tokens[:, position] + 7) % 29)
+
+  def run(t):
+    carry, outs = model.initial_carry(t.shape[0]), []
+    for s in range(0, t.shape[1], piece):
+      logits, carry = apply(model, variables, t[:, s:s + piece], carry)
+      outs.append(logits)
+    return np.asarray(jnp.concatenate(outs, axis=1))
+
+  diff = np.abs(run(tokens) - run(edited)).max(axis=(0, 2))
+  return diff > 0
+
+
+@pytest.mark.parametrize("name", ["xl", "rec_lstm_dual", "feedback_fixed",
+                                  "two_rec_rotary_mqa_qknorm"])
+def test_no_logit_before_a_changed_token_changes(name):
+  cfg = tiny_config(**VARIANTS[name])
+  model, variables = init_model(cfg)
+  w = cfg.block_width
+  tokens = random_tokens(8, 2, 6 * w)
+  # Mid-block, first and last token of a block, and in the second segment.
+  for position in (1, w, 2 * w - 1, 3 * w + 2):
+    changed = changed_positions(model, variables, tokens, position, piece=3 * w)
+    assert not changed[:position].any(), f"logits before {position} changed"
+    assert changed[position], f"token {position} does not affect its own logit"
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_reach_without_recurrence_is_bounded_by_the_window(num_layers):
+  cfg = tiny_config(num_layers=num_layers)
+  model, variables = init_model(cfg)
+  w = cfg.block_width
+  tokens = random_tokens(9, 1, 8 * w)
+  changed = changed_positions(model, variables, tokens, 0)
+  # Each layer reaches back one more block: token 0 (no cache before it) is
+  # seen by the first (num_layers + 1) * W positions -- for one layer that is
+  # 2W - 1 tokens back -- and by nothing after them.
+  reach = (num_layers + 1) * w
+  assert changed[:reach].all()
+  assert not changed[reach:].any()
+
+
+def test_reach_with_recurrence_goes_through_the_state():
+  cfg = tiny_config(num_layers=1, recurrent_layers=(0,))
+  model, variables = init_model(cfg)
+  w = cfg.block_width
+  tokens = random_tokens(10, 1, 8 * w)
+  changed = changed_positions(model, variables, tokens, 0, piece=2 * w)
+  assert changed[2 * w:].all(), "the state should carry token 0 to the end"
