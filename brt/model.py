@@ -183,7 +183,9 @@ def _check_tokens(tokens, vocab_size):
     raise TypeError(f"tokens must be integers, got dtype {tokens.dtype}.")
   if isinstance(tokens, jax.core.Tracer):
     return  # Values are unknown under jit; checked where they are concrete.
-  lo, hi = int(jnp.min(tokens)), int(jnp.max(tokens))
+  # numpy, not jnp: under an outer jit even concrete inputs would be traced.
+  values = np.asarray(tokens)
+  lo, hi = int(values.min()), int(values.max())
   if lo < 0 or hi >= vocab_size:
     raise ValueError(
         f"tokens outside the vocabulary: found ids in [{lo}, {hi}] but "

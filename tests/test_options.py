@@ -1,0 +1,122 @@
+"""Model options: dropout, remat, bfloat16, tied embeddings, and the
+attention and position arithmetic against plain reference computations."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import brt
+from brt import attention
+from conftest import apply, init_model, random_tokens, tiny_config
+
+
+def test_t5_buckets_known_values():
+  d = np.array([0, 1, 15, 16, 31, 32, 63, 64, 127, 128, 1000])
+  # Exact below 16; then 16 + floor(16 * log(d / 16) / log(8)), capped at 31.
+  expected = [0, 1, 15, 16, 21, 21, 26, 26, 31, 31, 31]
+  np.testing.assert_array_equal(
+      attention.relative_position_buckets(d, 32, 128), expected)
+
+
+def test_window_mask_sees_previous_block_and_causal_prefix():
+  mask = attention.window_mask(4)
+  # Query i sees W + i + 1 keys: the whole previous block and itself.
+  np.testing.assert_array_equal(mask.sum(axis=1), [5, 6, 7, 8])
+  assert mask[0, :5].all() and not mask[0, 5:].any()
+
+
+def test_rotary_logits_depend_only_on_relative_position():
+  rng = np.random.RandomState(0)
+  q, k = rng.randn(1, 1, 1, 8), rng.randn(1, 1, 1, 8)
+
+  def logit(pq, pk):
+    sin, cos = attention.rotary_tables(np.array([pq, pk]), 8, 10_000.0)
+    rq = attention.apply_rotary(jnp.asarray(q), sin[:1], cos[:1])
+    rk = attention.apply_rotary(jnp.asarray(k), sin[1:], cos[1:])
+    return float(jnp.sum(rq * rk))
+
+  assert logit(7, 3) == pytest.approx(logit(107, 103), rel=1e-4)
+  assert logit(7, 3) != pytest.approx(logit(7, 5), rel=1e-3)
+
+
+@pytest.mark.parametrize("kv_heads", [4, 1])
+def test_attend_matches_naive_softmax_attention(kv_heads):
+  rng = np.random.RandomState(1)
+  b, nq, nk, h, d = 2, 3, 5, 4, 8
+  q, k, v = rng.randn(b, nq, h, d), rng.randn(b, nk, kv_heads, d), rng.randn(b, nk, kv_heads, d)
+  bias = rng.randn(h, nq, nk)
+  mask = rng.rand(b, 1, nq, nk) > 0.3
+  mask[..., 0] = True
+  out = attention.attend(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v),
+                         scale=0.5, bias=jnp.asarray(bias), mask=jnp.asarray(mask))
+  expected = np.zeros((b, nq, h, d))
+  for bi in range(b):
+    for hi in range(h):
+      g = hi * kv_heads // h
+      logits = q[bi, :, hi] @ k[bi, :, g].T * 0.5 + bias[hi]
+      logits = np.where(mask[bi, 0], logits, -np.inf)
+      w = np.exp(logits - logits.max(-1, keepdims=True))
+      w /= w.sum(-1, keepdims=True)
+      expected[bi, :, hi] = w @ v[bi, :, g]
+  np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+def test_dropout_is_off_by_default_and_reproducible_when_on():
+  cfg = tiny_config(recurrent_layers=(1,), dropout_rate=0.3)
+  model, variables = init_model(cfg)
+  tokens = random_tokens(0, 2, 8)
+  carry = model.initial_carry(2)
+  base, _ = model.apply(variables, tokens, carry)
+  again, _ = model.apply(variables, tokens, carry, deterministic=True)
+  np.testing.assert_array_equal(base, again)
+  run = lambda seed: model.apply(variables, tokens, carry, deterministic=False,
+                                 rngs={"dropout": jax.random.PRNGKey(seed)})[0]
+  np.testing.assert_array_equal(run(1), run(1))
+  assert np.abs(np.asarray(run(1) - run(2))).max() > 1e-3
+  assert np.abs(np.asarray(run(1) - base)).max() > 1e-3
+
+
+def test_remat_changes_nothing_but_memory():
+  cfg = tiny_config(recurrent_layers=(1,), gate="lstm")
+  model, variables = init_model(cfg)
+  remat = brt.BlockRecurrentTransformer(tiny_config(recurrent_layers=(1,),
+                                                    gate="lstm", remat=True))
+  tokens = random_tokens(1, 2, 12)
+
+  def loss(m, params):
+    logits, _ = m.apply({"params": params}, tokens, m.initial_carry(2))
+    return jnp.mean(logits ** 2)
+
+  l1, g1 = jax.jit(jax.value_and_grad(lambda p: loss(model, p)))(variables["params"])
+  l2, g2 = jax.jit(jax.value_and_grad(lambda p: loss(remat, p)))(variables["params"])
+  np.testing.assert_allclose(l1, l2, rtol=1e-6)
+  for a, b in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g2)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_bfloat16_activations_keep_float32_parameters():
+  cfg32 = tiny_config(recurrent_layers=(1,))
+  model, variables = init_model(cfg32)
+  cfg16 = tiny_config(recurrent_layers=(1,), dtype="bfloat16")
+  model16 = brt.BlockRecurrentTransformer(cfg16)
+  tokens = random_tokens(2, 2, 8)
+  # The same float32 parameters serve both; only activations differ.
+  shapes = jax.eval_shape(model16.init, jax.random.PRNGKey(0), tokens,
+                          model16.initial_carry(2))
+  assert {x.dtype for x in jax.tree_util.tree_leaves(shapes)} == {np.dtype("float32")}
+  l32, _ = apply(model, variables, tokens, model.initial_carry(2))
+  l16, carry16 = apply(model16, variables, tokens, model16.initial_carry(2))
+  assert l16.dtype == jnp.float32
+  assert carry16["cache"][0]["k"].dtype == jnp.bfloat16
+  assert carry16["state"][0].dtype == jnp.float32  # The state accumulates.
+  p32, p16 = jax.nn.softmax(l32), jax.nn.softmax(l16)
+  assert float(jnp.abs(p32 - p16).max()) < 0.1
+
+
+def test_tied_embeddings_share_the_table():
+  cfg = tiny_config(tie_embeddings=True)
+  model, variables = init_model(cfg)
+  assert "unembed" not in variables["params"]
+  logits, _ = apply(model, variables, random_tokens(3, 2, 8), model.initial_carry(2))
+  assert logits.shape == (2, 8, cfg.vocab_size)
