@@ -1,0 +1,54 @@
+"""Analytic matmul FLOPs of the model, for model-FLOPs utilisation (MFU).
+
+Counts multiply-adds as 2 FLOPs, matmuls and attention products only, as
+computed (the masked half of the window's logits is computed, so it counts).
+Elementwise work (norms, softmax, gates' sigmoids) is left out, as is usual
+for MFU. Backward is taken as twice the forward.
+"""
+
+from __future__ import annotations
+
+from brt.config import ModelConfig
+
+
+def forward_flops_per_block(cfg: ModelConfig, batch: int = 1) -> int:
+  """Matmul FLOPs of one block step (W tokens) plus their unembedding."""
+  d, h, k, g = cfg.d_model, cfg.num_heads, cfg.head_size, cfg.num_kv_heads
+  w, s, m, v = cfg.block_width, cfg.num_states, cfg.mlp_size, cfg.vocab_size
+
+  def mlp(rows):
+    return rows * 2 * 2 * d * m
+
+  plain = (w * 2 * d * h * k          # queries
+           + w * 2 * d * 2 * g * k    # keys/values
+           + w * 4 * h * k * (2 * w)  # logits and weighted values, 2W keys
+           + w * 2 * h * k * d        # output projection
+           + mlp(w))
+  reads_state = (w * 2 * d * h * k    # token->state queries
+                 + s * 2 * d * 2 * g * k  # state keys/values
+                 + w * 4 * h * k * s  # token->state attention
+                 + w * 2 * h * k * d)  # wider output projection
+  gate = 2 * s * d * 3 * d if cfg.gate == "lstm" else 0
+  state_update = (s * 2 * d * 2 * h * k   # state queries (self, ->tokens)
+                  + s * 4 * h * k * s     # state self-attention
+                  + s * 4 * h * k * w     # state->token attention
+                  + s * 2 * 2 * h * k * d  # output projection
+                  + gate)
+  if cfg.gate_variant != "skip":
+    state_update += mlp(s)
+  if cfg.gate_variant == "dual":
+    state_update += gate
+
+  total = w * 2 * d * v  # unembedding
+  for layer in range(cfg.num_layers):
+    total += plain
+    if cfg.layer_reads_state(layer):
+      total += reads_state
+    if layer in cfg.recurrent_layers:
+      total += state_update
+  return batch * total
+
+
+def train_flops_per_token(cfg: ModelConfig) -> float:
+  """Forward + backward (2x forward) matmul FLOPs per trained token."""
+  return 3 * forward_flops_per_block(cfg) / cfg.block_width

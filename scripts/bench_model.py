@@ -1,0 +1,146 @@
+"""Model throughput benchmark: forward+backward tokens/s and MFU.
+
+MFU is the achieved matmul FLOP/s of a training step (analytic count,
+brt/flops.py) divided by the FLOP/s of a plain float32 matmul measured in the
+same run on the same device, so the ratio holds on a shared, noisy machine.
+Also reports compile time at two segment lengths (it should not grow: one
+compiled block step, scanned).
+
+  .venv/bin/python scripts/bench_model.py                 # bench config, all variants
+  .venv/bin/python scripts/bench_model.py --variants rec_fixed_skip --steps 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import brt
+from brt import flops
+
+# The bench config of the issues: bytes, 6 layers, d 512, 8 x 64 heads,
+# MLP 2048, W 128, 128 states, recurrent layer 4, segment 1024, batch 4.
+BENCH = dict(vocab_size=256, num_layers=6, d_model=512, num_heads=8,
+             mlp_dim=2048, block_width=128, num_states=128)
+VARIANTS = {
+    "xl": dict(),
+    "rec_fixed_skip": dict(recurrent_layers=(4,)),
+    "rec_lstm_dual": dict(recurrent_layers=(4,), gate="lstm", gate_variant="dual"),
+    "feedback": dict(recurrent_layers=(4,), feedback=True),
+}
+
+
+def timed(fn, *args, repeats):
+  """Median wall time of fn(*args) after one warm-up call."""
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def matmul_flops_per_second(n: int, repeats: int) -> float:
+  a = jnp.asarray(np.random.RandomState(0).randn(n, n), jnp.float32)
+  matmul = jax.jit(lambda x, y: x @ y)
+  return 2 * n ** 3 / timed(matmul, a, a, repeats=repeats)
+
+
+def make_train_step(model):
+  def loss_fn(params, tokens, carry):
+    logits, carry = model.apply({"params": params}, tokens[:, :-1], carry)
+    logp = jax.nn.log_softmax(logits)
+    nll = -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)
+    return nll.mean(), carry
+
+  @jax.jit
+  def step(params, tokens, carry):
+    (loss, carry), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        params, tokens, carry)
+    return loss, grads, jax.lax.stop_gradient(carry)
+
+  return step
+
+
+def bench_variant(name, args):
+  cfg = brt.ModelConfig(**BENCH, **VARIANTS[name], remat=args.remat,
+                        dtype=args.dtype)
+  model = brt.BlockRecurrentTransformer(cfg)
+  batch, seg = args.batch, args.segment
+  carry = model.initial_carry(batch)
+  tokens = jnp.asarray(np.random.RandomState(1).randint(
+      0, cfg.vocab_size, (batch, seg + 1)), jnp.int32)
+  params = jax.jit(model.init)(jax.random.PRNGKey(0), tokens[:, :cfg.block_width],
+                               carry)["params"]
+  params = nn.meta.unbox(params)
+  step = make_train_step(model)
+
+  compile_s = {}
+  for length in (seg, 4 * seg):
+    toks = jnp.zeros((batch, length + 1), jnp.int32)
+    start = time.perf_counter()
+    step.lower(params, toks, carry).compile()
+    compile_s[length] = time.perf_counter() - start
+
+  seconds = timed(step, params, tokens, carry, repeats=args.steps)
+  tokens_per_s = batch * seg / seconds
+  achieved = tokens_per_s * flops.train_flops_per_token(cfg)
+  return {
+      "variant": name, "batch": batch, "segment": seg, "dtype": args.dtype,
+      "remat": args.remat, "step_s": seconds, "tokens_per_s": tokens_per_s,
+      "model_tflops_per_s": achieved / 1e12,
+      "compile_s": {str(k): v for k, v in compile_s.items()},
+      "params": sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params)),
+  }
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--variants", nargs="+", default=list(VARIANTS),
+                      choices=list(VARIANTS))
+  parser.add_argument("--batch", type=int, default=4)
+  parser.add_argument("--segment", type=int, default=1024)
+  parser.add_argument("--steps", type=int, default=10)
+  parser.add_argument("--dtype", default="float32")
+  parser.add_argument("--remat", action="store_true")
+  parser.add_argument("--matmul_size", type=int, default=2048)
+  parser.add_argument("--out", default="bench_results/model.json")
+  args = parser.parse_args()
+
+  device = jax.devices()[0]
+  print(f"device: {device.device_kind} ({jax.default_backend()}), "
+        f"jax {jax.__version__}")
+  peak_before = matmul_flops_per_second(args.matmul_size, repeats=args.steps)
+  rows = [bench_variant(name, args) for name in args.variants]
+  # Measure the reference matmul before and after; keep the better, so that
+  # MFU is never flattered by a slow reference measurement.
+  peak = max(peak_before, matmul_flops_per_second(args.matmul_size,
+                                                  repeats=args.steps))
+  print(f"f32 matmul {args.matmul_size}^3: {peak / 1e9:.1f} GFLOP/s")
+  header = (f"{'variant':16s} {'tokens/s':>9s} {'step s':>7s} {'GFLOP/s':>8s} "
+            f"{'MFU':>6s} {'compile 1x':>10s} {'compile 4x':>10s}")
+  print(header)
+  for row in rows:
+    row["mfu"] = row["model_tflops_per_s"] * 1e12 / peak
+    c = list(row["compile_s"].values())
+    print(f"{row['variant']:16s} {row['tokens_per_s']:9.0f} {row['step_s']:7.3f} "
+          f"{row['model_tflops_per_s'] * 1e3:8.1f} {row['mfu']:6.1%} "
+          f"{c[0]:9.1f}s {c[1]:9.1f}s")
+  os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+  with open(args.out, "w") as f:
+    json.dump({"device": device.device_kind, "matmul_flops_per_s": peak,
+               "rows": rows}, f, indent=2)
+  print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+  main()
