@@ -88,9 +88,8 @@ class LstmGate(nn.Module):
     return state * f + z * i
 
 
-def make_gate(config: ModelConfig, name: str) -> nn.Module:
-  gate_cls = FixedGate if config.gate == "fixed" else LstmGate
-  return gate_cls(config, name=name)
+def make_gate(config: ModelConfig) -> nn.Module:
+  return (FixedGate if config.gate == "fixed" else LstmGate)(config)
 
 
 class RelativePositionBias(nn.Module):
@@ -112,17 +111,65 @@ class RelativePositionBias(nn.Module):
 
 
 class TransformerLayer(nn.Module):
-  """One layer applied to one block of W tokens.
+  """One layer of the stack, over the tokens of one block.
 
   kind "plain": self-attention over [previous block, causal prefix] + MLP.
   kind "feedback": as plain, plus cross-attention from the tokens to a
     recurrent state it only reads.
   kind "recurrent": the block-recurrent cell. The tokens read the state as in
-    "feedback"; the state reads itself and the block's tokens with the same
-    keys/values but its own queries, and is updated through a gate.
+    "feedback"; once the block is complete, the state reads itself and the
+    block's tokens with the same keys/values but its own queries, and is
+    updated through a gate.
+
+  The token path (`tokens`) takes any run of T tokens starting at `offset`
+  within the current block, so the same code serves training (the whole block
+  at once) and incremental decoding (one token at a time); the state update
+  (`update_state`) runs once per completed block in both.
   """
   config: ModelConfig
   kind: str  # "plain", "feedback" or "recurrent"
+
+  def setup(self):
+    cfg = self.config
+    dt = cfg.compute_dtype
+    reads_state = self.kind != "plain"
+    num_q = 2 if reads_state else 1  # Self-attention (+ token->state) queries.
+    heads = ("embed", None, "heads", "kv")
+    kv_heads = ("embed", None, "kv_heads", "kv")
+    out = (None, "heads", "kv", "embed")
+    self.ln_tokens = layer_norm()
+    self.q_tokens = dense((num_q, cfg.num_heads, cfg.head_size), heads,
+                          dtype=dt, use_bias=False)
+    self.kv_tokens = dense((2, cfg.num_kv_heads, cfg.head_size), kv_heads,
+                           dtype=dt, use_bias=False)
+    self.out_tokens = dense(cfg.d_model, out, axis=(-3, -2, -1), dtype=dt)
+    self.ln_mlp = layer_norm()
+    self.mlp = Mlp(cfg)
+    self.dropout = nn.Dropout(cfg.dropout_rate)
+    self.scale_self = self._attention_scale("scale_self")
+    if reads_state:
+      self.ln_state = layer_norm()
+      self.kv_state = dense((2, cfg.num_kv_heads, cfg.head_size), kv_heads,
+                            dtype=dt, use_bias=False)
+      self.scale_read = self._attention_scale("scale_read")
+    if self.kind == "recurrent":
+      # State IDs: a learned position per state vector, so that the state
+      # vectors (which have no order) can specialise.
+      self.state_ids = self.param(
+          "state_ids", nn.with_logical_partitioning(
+              nn.initializers.normal(1.0), ("states", "embed")),
+          (cfg.num_states, cfg.d_model))
+      self.q_state = dense((2, cfg.num_heads, cfg.head_size), heads, dtype=dt,
+                           use_bias=False)
+      self.out_state = dense(cfg.d_model, out, axis=(-3, -2, -1), dtype=dt)
+      self.scale_state_self = self._attention_scale("scale_state_self")
+      self.scale_state_tokens = self._attention_scale("scale_state_tokens")
+      self.gate = make_gate(cfg)
+      if cfg.gate_variant != "skip":
+        self.ln_mlp_state = layer_norm()
+        self.mlp_state = Mlp(cfg)
+      if cfg.gate_variant == "dual":
+        self.gate_mlp = make_gate(cfg)
 
   def _attention_scale(self, name):
     cfg = self.config
@@ -135,109 +182,114 @@ class TransformerLayer(nn.Module):
         nn.initializers.constant(cfg.head_size ** 0.5), ("heads",)),
         (cfg.num_heads,))
 
-  def _qk(self, q, k):
+  def _attend(self, q, k, v, scale, **kw):
     if self.config.qk_norm:
-      return attention.l2_normalize(q), attention.l2_normalize(k)
-    return q, k
+      q, k = attention.l2_normalize(q), attention.l2_normalize(k)
+    return attention.attend(q, k, v, scale=scale, **kw)
 
-  @nn.compact
-  def __call__(self, x: Array, cache: dict[str, Array], cache_visible: Array,
-               window: dict[str, Any], state: Array | None,
-               deterministic: bool):
-    """Args:
-      x: (B, W, d) token activations of this block.
-      cache: {"k", "v"}: (B, W, G, k) keys/values of the previous block.
-      cache_visible: (B,) bool, False where the cache must be ignored (first
+  def read_state(self, state: Array):
+    """Normalised state and its keys/values, shared by every reader of it."""
+    hs = self.ln_state(state)
+    if self.kind == "recurrent":
+      hs = hs + self.state_ids
+    hs = hs.astype(self.config.compute_dtype)
+    kv = self.kv_state(hs)
+    return {"h": hs, "k": kv[:, :, 0], "v": kv[:, :, 1]}
+
+  def tokens(self, x: Array, prev: dict[str, Array], cur: dict[str, Array] | None,
+             prev_visible: Array, offset, window: dict[str, Any],
+             state_kv: dict[str, Array] | None, deterministic: bool):
+    """The vertical direction, for T tokens at positions offset.. of a block.
+
+    Args:
+      x: (B, T, d) token activations.
+      prev: {"k", "v"}: (B, W, G, k) keys/values of the previous block.
+      cur: keys/values of the current block so far (decoding), into which
+        these T tokens' keys/values are written at `offset`; None when x is
+        the whole block (offset 0, T = W).
+      prev_visible: (B,) bool, False where `prev` must be ignored (first
         block of a document, or of a segment in "Slide").
       window: block-invariant constants: "mask" (W, 2W), "bias" (H, W, 2W) or
         None, "sin"/"cos" rotary tables for the 2W window positions or None.
-      state: (B, S, d) float32, the state carried in from the previous block
-        (already reset in rows that start a document), for the recurrent
-        and feedback kinds; None for plain layers.
+      state_kv: `read_state` of the state carried in from the previous block
+        (recurrent and feedback kinds), else None.
     Returns:
-      (x, new cache for this layer, new state or None).
+      (x, the current block's keys/values including these tokens).
     """
     cfg = self.config
     dt = cfg.compute_dtype
-    reads_state = self.kind != "plain"
-    num_q = 2 if reads_state else 1  # Self-attention (+ token->state) queries.
-
-    # ---- keys/values of the tokens and (if read) of the state -------------
-    h = layer_norm("ln_tokens")(x).astype(dt)
-    q_x = dense((num_q, cfg.num_heads, cfg.head_size),
-                ("embed", None, "heads", "kv"), dtype=dt, use_bias=False,
-                name="q_tokens")(h)
-    kv_x = dense((2, cfg.num_kv_heads, cfg.head_size),
-                 ("embed", None, "kv_heads", "kv"), dtype=dt, use_bias=False,
-                 name="kv_tokens")(h)
-    k_x, v_x = kv_x[:, :, 0], kv_x[:, :, 1]
-
-    if reads_state:
-      hs = layer_norm("ln_state")(state)
-      if self.kind == "recurrent":
-        # State IDs: a learned position per state vector, so that the state
-        # vectors (which have no order) can specialise.
-        hs = hs + self.param(
-            "state_ids", nn.with_logical_partitioning(
-                nn.initializers.normal(1.0), ("states", "embed")),
-            (cfg.num_states, cfg.d_model))
-      hs = hs.astype(dt)
-      kv_s = dense((2, cfg.num_kv_heads, cfg.head_size),
-                   ("embed", None, "kv_heads", "kv"), dtype=dt, use_bias=False,
-                   name="kv_state")(hs)
-      k_s, v_s = kv_s[:, :, 0], kv_s[:, :, 1]
-
-    # ---- vertical direction: the tokens ----------------------------------
-    k_win = jnp.concatenate([cache["k"].astype(dt), k_x], axis=1)
-    v_win = jnp.concatenate([cache["v"].astype(dt), v_x], axis=1)
-    q_self = q_x[:, :, 0]
+    batch, length = x.shape[:2]
+    w = cfg.block_width
+    h = self.ln_tokens(x).astype(dt)
+    q = self.q_tokens(h)
+    kv = self.kv_tokens(h)
+    if cur is None:
+      cur = {"k": kv[:, :, 0], "v": kv[:, :, 1]}
+    else:
+      cur = {name: jax.lax.dynamic_update_slice_in_dim(
+          cur[name], kv[:, :, i].astype(cur[name].dtype), offset, axis=1)
+             for i, name in enumerate("kv")}
+    k_win = jnp.concatenate([prev["k"], cur["k"]], axis=1).astype(dt)
+    v_win = jnp.concatenate([prev["v"], cur["v"]], axis=1).astype(dt)
+    q_self = q[:, :, 0]
+    rows = lambda table, axis: jax.lax.dynamic_slice_in_dim(
+        table, offset, length, axis=axis)
     if window["sin"] is not None:
-      w = cfg.block_width
-      q_self = attention.apply_rotary(q_self, window["sin"][w:], window["cos"][w:])
-      k_win = attention.apply_rotary(k_win, window["sin"], window["cos"])
-    # The first W keys are the cache: hide them in rows without one.
+      sin, cos = window["sin"], window["cos"]
+      q_self = attention.apply_rotary(q_self, rows(sin[w:], 0), rows(cos[w:], 0))
+      k_win = attention.apply_rotary(k_win, sin, cos)
+    # The first W keys are the previous block: hide them in rows without one.
     visible = jnp.concatenate(
-        [jnp.broadcast_to(cache_visible[:, None], (x.shape[0], cfg.block_width)),
-         jnp.ones((x.shape[0], cfg.block_width), bool)], axis=1)
-    mask = window["mask"][None] & visible[:, None, :]  # (B, W, 2W)
-    q_self, k_win = self._qk(q_self, k_win)
-    outs = [attention.attend(q_self, k_win, v_win,
-                             scale=self._attention_scale("scale_self"),
-                             bias=window["bias"], mask=mask[:, None])]
-    if reads_state:
-      q_read, k_read = self._qk(q_x[:, :, 1], k_s)
-      outs.append(attention.attend(q_read, k_read, v_s,
-                                   scale=self._attention_scale("scale_read")))
-    y = dense(cfg.d_model, (None, "heads", "kv", "embed"), axis=(-3, -2, -1),
-              dtype=dt, name="out_tokens")(jnp.stack(outs, axis=2))
-    x = x + nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
-    y = Mlp(cfg, name="mlp")(layer_norm("ln_mlp")(x).astype(dt), deterministic)
-    x = x + nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
+        [jnp.broadcast_to(prev_visible[:, None], (batch, w)),
+         jnp.ones((batch, w), bool)], axis=1)
+    mask = rows(window["mask"], 0)[None] & visible[:, None, :]  # (B, T, 2W)
+    bias = None if window["bias"] is None else rows(window["bias"], 1)
+    outs = [self._attend(q_self, k_win, v_win, self.scale_self, bias=bias,
+                         mask=mask[:, None])]
+    if state_kv is not None:
+      outs.append(self._attend(q[:, :, 1], state_kv["k"], state_kv["v"],
+                               self.scale_read))
+    y = self.out_tokens(jnp.stack(outs, axis=2))
+    x = x + self.dropout(y, deterministic=deterministic)
+    y = self.mlp(self.ln_mlp(x).astype(dt), deterministic)
+    x = x + self.dropout(y, deterministic=deterministic)
+    return x, cur
 
-    new_cache = {"k": k_x, "v": v_x}
-    if self.kind != "recurrent":
-      return x, new_cache, None
+  def update_state(self, state: Array, state_kv: dict[str, Array],
+                   block: dict[str, Array], deterministic: bool) -> Array:
+    """The horizontal direction: the state after reading a completed block.
 
-    # ---- horizontal direction: the state ---------------------------------
-    q_s = dense((2, cfg.num_heads, cfg.head_size),
-                ("embed", None, "heads", "kv"), dtype=dt, use_bias=False,
-                name="q_state")(hs)
-    qs_self, ks_self = self._qk(q_s[:, :, 0], k_s)
-    qs_tok, ks_tok = self._qk(q_s[:, :, 1], k_x)
-    outs = [attention.attend(qs_self, ks_self, v_s,
-                             scale=self._attention_scale("scale_state_self")),
-            attention.attend(qs_tok, ks_tok, v_x,
-                             scale=self._attention_scale("scale_state_tokens"))]
-    z = dense(cfg.d_model, (None, "heads", "kv", "embed"), axis=(-3, -2, -1),
-              dtype=dt, name="out_state")(jnp.stack(outs, axis=2))
-    z = nn.Dropout(cfg.dropout_rate)(z, deterministic=deterministic)
-    new_state = make_gate(cfg, "gate")(state, z)
+    Args:
+      state: (B, S, d) float32, the state the block's tokens read.
+      state_kv: `read_state(state)`.
+      block: {"k", "v"}: (B, W, G, k), the completed block's keys/values.
+    """
+    cfg = self.config
+    dt = cfg.compute_dtype
+    q = self.q_state(state_kv["h"])
+    outs = [self._attend(q[:, :, 0], state_kv["k"], state_kv["v"],
+                         self.scale_state_self),
+            self._attend(q[:, :, 1], block["k"].astype(dt),
+                         block["v"].astype(dt), self.scale_state_tokens)]
+    z = self.out_state(jnp.stack(outs, axis=2))
+    z = self.dropout(z, deterministic=deterministic)
+    new_state = self.gate(state, z)
     if cfg.gate_variant != "skip":
-      m = Mlp(cfg, name="mlp_state")(
-          layer_norm("ln_mlp_state")(new_state).astype(dt), deterministic)
-      m = nn.Dropout(cfg.dropout_rate)(m, deterministic=deterministic)
+      m = self.mlp_state(self.ln_mlp_state(new_state).astype(dt), deterministic)
+      m = self.dropout(m, deterministic=deterministic)
       if cfg.gate_variant == "single":
         new_state = new_state + m.astype(jnp.float32)
       else:  # "dual"
-        new_state = make_gate(cfg, "gate_mlp")(new_state, m)
-    return x, new_cache, new_state
+        new_state = self.gate_mlp(new_state, m)
+    return new_state
+
+  def __call__(self, x, prev, prev_visible, window, state, deterministic):
+    """A whole block (training): returns (x, this block's keys/values, new
+    state or None). `state` is the state this layer reads (already reset in
+    rows that start a document), or None for plain layers."""
+    state_kv = None if state is None else self.read_state(state)
+    x, block = self.tokens(x, prev, None, prev_visible, 0, window, state_kv,
+                           deterministic)
+    if self.kind != "recurrent":
+      return x, block, None
+    return x, block, self.update_state(state, state_kv, block, deterministic)

@@ -21,6 +21,7 @@ from brt import attention
 from brt.config import ModelConfig
 from brt.layers import RelativePositionBias, TransformerLayer, dense, layer_norm
 
+Array = jax.Array
 Carry = dict[str, Any]
 
 
@@ -49,45 +50,99 @@ def initial_carry(config: ModelConfig, batch_size: int) -> Carry:
 
 
 class BlockStep(nn.Module):
-  """The layer stack over one block of W tokens: the body of the scan."""
-  config: ModelConfig
-  deterministic: bool = True
+  """The layer stack over one block of W tokens.
 
-  @nn.compact
-  def __call__(self, carry: Carry, inputs, window):
+  `__call__` is the body of the scan over a segment's blocks (training and
+  evaluation). `begin_block`, `decode` and `end_block` are the same layers
+  taken apart for incremental decoding: a block's tokens arrive in pieces
+  and the state is updated when the block is complete.
+  """
+  config: ModelConfig
+
+  def setup(self):
+    cfg = self.config
+    for i in range(cfg.num_layers):
+      setattr(self, f"layer_{i}", TransformerLayer(cfg, layer_kind(cfg, i)))
+    self.initial_states = tuple(
+        self.param(f"initial_state_{layer}", nn.with_logical_partitioning(
+            nn.initializers.normal(cfg.state_init_std), ("states", "embed")),
+                   (cfg.num_states, cfg.d_model))
+        for layer in cfg.recurrent_layers)
+
+  def _layer(self, i) -> TransformerLayer:
+    return getattr(self, f"layer_{i}")
+
+  def _start_states(self, states, fresh) -> dict[int, Array]:
+    """Rows that start a document get the learned initial state -- before any
+    layer runs, so that feedback layers below the recurrent one read it too."""
+    return {layer: jnp.where(fresh[:, None, None], initial[None], state)
+            for layer, initial, state in zip(
+                self.config.recurrent_layers, self.initial_states, states)}
+
+  def _state_read_by(self, i, states):
+    cfg = self.config
+    if i in states:
+      return states[i]
+    return states[cfg.feedback_source] if cfg.feedback else None
+
+  def __call__(self, carry: Carry, inputs, window, deterministic: bool):
     cfg = self.config
     x, reset_cache, reset_state = inputs  # (B, W, d), (B,), (B,)
     cache_visible = carry["valid"] & ~reset_cache
-    fresh = ~carry["valid"] | reset_state
-
-    # Rows that start a document get the learned initial state -- before any
-    # layer runs, so that feedback layers below the recurrent one read it too.
-    states = {}
-    for layer, state in zip(cfg.recurrent_layers, carry["state"]):
-      initial = self.param(
-          f"initial_state_{layer}", nn.with_logical_partitioning(
-              nn.initializers.normal(cfg.state_init_std), ("states", "embed")),
-          (cfg.num_states, cfg.d_model))
-      states[layer] = jnp.where(fresh[:, None, None], initial[None], state)
-    read_only = states[cfg.feedback_source] if cfg.feedback else None
-
+    states = self._start_states(carry["state"], ~carry["valid"] | reset_state)
+    new_states = dict(states)
     new_cache = []
     for i in range(cfg.num_layers):
-      kind = layer_kind(cfg, i)
-      layer_window = dict(window, bias=None if window["bias"] is None
-                          else window["bias"][i])
-      x, kv, new_state = TransformerLayer(cfg, kind, name=f"layer_{i}")(
-          x, carry["cache"][i], cache_visible, layer_window,
-          states.get(i, read_only), self.deterministic)
+      x, kv, new_state = self._layer(i)(
+          x, carry["cache"][i], cache_visible, _layer_window(window, i),
+          self._state_read_by(i, states), deterministic)
       new_cache.append(kv)
-      if kind == "recurrent":
-        states[i] = new_state
+      if new_state is not None:
+        new_states[i] = new_state
     carry = {
         "cache": tuple(new_cache),
-        "state": tuple(states[i] for i in cfg.recurrent_layers),
+        "state": tuple(new_states[i] for i in cfg.recurrent_layers),
         "valid": jnp.ones_like(carry["valid"]),
     }
     return carry, x
+
+  # -- incremental decoding ---------------------------------------------------
+  def begin_block(self, dec: Carry) -> Carry:
+    """Resets fresh rows' states and precomputes every reader's state
+    keys/values, which stay fixed for the whole block."""
+    cfg = self.config
+    states = self._start_states(dec["state"], ~dec["valid"])
+    reads = tuple(
+        None if (s := self._state_read_by(i, states)) is None
+        else self._layer(i).read_state(s) for i in range(cfg.num_layers))
+    return dict(dec, state=tuple(states[i] for i in cfg.recurrent_layers),
+                reads=reads, offset=jnp.zeros((), jnp.int32))
+
+  def decode(self, x, dec: Carry, window):
+    """T tokens' activations (B, T, d) at dec["offset"] of the current block."""
+    cur = []
+    for i in range(self.config.num_layers):
+      x, kv = self._layer(i).tokens(
+          x, dec["cache"][i], dec["cur"][i], dec["valid"], dec["offset"],
+          _layer_window(window, i), dec["reads"][i], deterministic=True)
+      cur.append(kv)
+    offset = dec["offset"] + x.shape[1]
+    return x, dict(dec, cur=tuple(cur), offset=offset)
+
+  def end_block(self, dec: Carry) -> Carry:
+    """The block is complete: update the states, make it the cached block."""
+    cfg = self.config
+    states = tuple(
+        self._layer(i).update_state(s, dec["reads"][i], dec["cur"][i],
+                                    deterministic=True)
+        for i, s in zip(cfg.recurrent_layers, dec["state"]))
+    dec = dict(dec, cache=dec["cur"], state=states,
+               valid=jnp.ones_like(dec["valid"]))
+    return self.begin_block(dec)
+
+
+def _layer_window(window, i):
+  return dict(window, bias=None if window["bias"] is None else window["bias"][i])
 
 
 class BlockRecurrentTransformer(nn.Module):
@@ -100,14 +155,29 @@ class BlockRecurrentTransformer(nn.Module):
     logits, carry = model.apply(variables, tokens, carry,
                                 start_of_sequence=sos)
   Feeding a segment in one call, or block by block passing the carry, gives
-  the same logits.
+  the same logits. For token-by-token decoding see brt/sampling.py.
   """
   config: ModelConfig
+
+  def setup(self):
+    cfg = self.config
+    self.embed = nn.Embed(
+        cfg.vocab_size, cfg.d_model,
+        embedding_init=nn.with_logical_partitioning(
+            nn.initializers.normal(1.0), ("vocab", "embed")))
+    self.embed_dropout = nn.Dropout(cfg.dropout_rate)
+    self.blocks = BlockStep(cfg)
+    if cfg.position == "t5":
+      for i in range(cfg.num_layers):
+        setattr(self, f"relpos_{i}", RelativePositionBias(cfg))
+    self.ln_final = layer_norm()
+    if not cfg.tie_embeddings:
+      self.unembed = dense(cfg.vocab_size, ("embed", "vocab"),
+                           dtype=cfg.compute_dtype)
 
   def initial_carry(self, batch_size: int) -> Carry:
     return initial_carry(self.config, batch_size)
 
-  @nn.compact
   def __call__(self, tokens, carry: Carry, start_of_sequence=None,
                deterministic: bool = True):
     """Args:
@@ -124,14 +194,9 @@ class BlockRecurrentTransformer(nn.Module):
     num_blocks = cfg.check_segment_length(length)
     _check_tokens(tokens, cfg.vocab_size)
     _check_carry(carry, cfg, batch)
-    dt = cfg.compute_dtype
 
-    embed = nn.Embed(
-        cfg.vocab_size, cfg.d_model, name="embed",
-        embedding_init=nn.with_logical_partitioning(
-            nn.initializers.normal(1.0), ("vocab", "embed")))
-    x = embed(tokens).astype(dt)
-    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    x = self._embed(tokens)
+    x = self.embed_dropout(x, deterministic=deterministic)
     # Block-major: (n, B, W, d), the scan's leading axis.
     x = x.reshape(batch, num_blocks, cfg.block_width, cfg.d_model)
     x = jnp.swapaxes(x, 0, 1)
@@ -144,22 +209,50 @@ class BlockRecurrentTransformer(nn.Module):
     reset_cache = reset_state if cfg.cache_across_segments else (
         first & jnp.ones_like(sos)[None])
 
-    scan = nn.scan(
-        nn.remat(BlockStep, prevent_cse=False) if cfg.remat else BlockStep,
-        variable_broadcast="params",
-        split_rngs={"params": False, "dropout": True},
-        in_axes=(0, nn.broadcast), out_axes=0)
-    carry, y = scan(cfg, deterministic, name="blocks")(
-        carry, (x, reset_cache, reset_state), self._window())
+    def body(step, carry, inputs, window):
+      return step(carry, inputs, window, deterministic)
 
+    if cfg.remat:
+      body = nn.remat(body, prevent_cse=False)
+    scan = nn.scan(body, variable_broadcast="params",
+                   split_rngs={"params": False, "dropout": True},
+                   in_axes=(0, nn.broadcast), out_axes=0)
+    carry, y = scan(self.blocks, carry, (x, reset_cache, reset_state),
+                    self._window())
     y = jnp.swapaxes(y, 0, 1).reshape(batch, length, cfg.d_model)
-    y = layer_norm("ln_final")(y).astype(dt)
-    if cfg.tie_embeddings:
-      logits = embed.attend(y)
-    else:
-      logits = dense(cfg.vocab_size, ("embed", "vocab"), dtype=dt,
-                     name="unembed")(y)
-    return logits.astype(jnp.float32), carry
+    return self._logits(y), carry
+
+  # -- incremental decoding (driven by brt/sampling.py) -----------------------
+  def start_decoding(self, carry: Carry) -> Carry:
+    """The decoder's state after the blocks that produced `carry`.
+
+    It is the carry plus the current block's keys/values so far ("cur"), the
+    position in the block ("offset") and the states' keys/values ("reads").
+    """
+    dec = dict(carry, cur=jax.tree_util.tree_map(jnp.zeros_like, carry["cache"]))
+    return self.blocks.begin_block(dec)
+
+  def decode(self, tokens, dec: Carry):
+    """Logits for T tokens (B, T) that continue the current block.
+
+    The caller keeps offset + T <= W and calls `end_block` when the block is
+    full. Cost depends on W, never on how much text came before.
+    """
+    _check_tokens(tokens, self.config.vocab_size)
+    y, dec = self.blocks.decode(self._embed(tokens), dec, self._window())
+    return self._logits(y), dec
+
+  def end_block(self, dec: Carry) -> Carry:
+    return self.blocks.end_block(dec)
+
+  # -- shared pieces ------------------------------------------------------------
+  def _embed(self, tokens):
+    return self.embed(tokens).astype(self.config.compute_dtype)
+
+  def _logits(self, y):
+    y = self.ln_final(y).astype(self.config.compute_dtype)
+    logits = self.embed.attend(y) if self.config.tie_embeddings else self.unembed(y)
+    return logits.astype(jnp.float32)
 
   def _window(self) -> dict[str, Any]:
     """Block-invariant attention inputs, built once per call, not per block."""
@@ -169,8 +262,8 @@ class BlockRecurrentTransformer(nn.Module):
               "sin": None, "cos": None}
     if cfg.position == "t5":
       window["bias"] = jnp.stack([
-          RelativePositionBias(cfg, name=f"relpos_{i}")()
-          for i in range(cfg.num_layers)]).astype(cfg.compute_dtype)
+          getattr(self, f"relpos_{i}")() for i in range(cfg.num_layers)
+      ]).astype(cfg.compute_dtype)
     else:
       sin, cos = attention.rotary_tables(np.arange(2 * w), cfg.head_size,
                                          cfg.rotary_base)

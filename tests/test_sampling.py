@@ -1,0 +1,130 @@
+"""The incremental decoder computes exactly what the full forward pass does,
+and sampling is reproducible and honours its filters."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from brt.sampling import Sampler, SamplingConfig, choose_tokens
+from conftest import VARIANTS, init_model, random_tokens, tiny_config
+
+
+def teacher_forced_logits(sampler, text, prompt_length):
+  """Prefill `prompt_length` tokens, then decode the rest one token at a time,
+  feeding the true next token; returns the logits of every position."""
+  model, w = sampler.model, sampler.model.config.block_width
+  dec, last = sampler.prefill(text[:, :prompt_length])
+  full, _ = sampler._forward(sampler.variables, text, model.initial_carry(text.shape[0]))
+  outs = [full[:, :prompt_length - 1], last[:, None]]  # prompt via prefill
+  end_block = jax.jit(functools.partial(model.apply, method="end_block"))
+  for t in range(prompt_length, text.shape[1]):
+    logits, dec = sampler._decode(sampler.variables, text[:, t:t + 1], dec)
+    if int(dec["offset"]) == w:
+      dec = end_block(sampler.variables, dec)
+    outs.append(logits)
+  return jnp.concatenate(outs, axis=1), full
+
+
+@pytest.mark.parametrize("name", ["xl", "rec_fixed_skip", "rec_lstm_dual",
+                                  "rec_fixed_single", "feedback_lstm_dual",
+                                  "two_rec_rotary_mqa_qknorm"])
+def test_decoder_logits_equal_the_forward_pass(name):
+  cfg = tiny_config(**VARIANTS[name])
+  model, variables = init_model(cfg)
+  sampler = Sampler(model, variables, prefill_blocks=2)
+  w = cfg.block_width
+  text = random_tokens(5, 2, 4 * w)
+  # A one-token prompt, one ending mid-block, and one of whole blocks
+  # (longer than a prefill chunk).
+  for prompt_length in (1, w + 2, 3 * w):
+    decoded, full = teacher_forced_logits(sampler, text, prompt_length)
+    # One-row and block-wide matmuls sum in different orders; float32 noise,
+    # amplified through the LSTM gates of random weights, stays below 2e-5 of
+    # the logits' scale. A wrong mask, cache or state errs by O(scale).
+    scale = float(jnp.abs(full).max())
+    np.testing.assert_allclose(decoded, full, atol=2e-5 * scale, rtol=0)
+
+
+def test_greedy_equals_top_k_1_and_tiny_top_p():
+  cfg = tiny_config(recurrent_layers=(1,))
+  model, variables = init_model(cfg)
+  sampler = Sampler(model, variables)
+  prompt = random_tokens(6, 2, 5)
+  greedy = sampler.generate(prompt, 9, rng=jax.random.PRNGKey(0),
+                            sampling=SamplingConfig(temperature=0))
+  top1 = sampler.generate(prompt, 9, rng=jax.random.PRNGKey(1),
+                          sampling=SamplingConfig(top_k=1))
+  nucleus = sampler.generate(prompt, 9, rng=jax.random.PRNGKey(2),
+                             sampling=SamplingConfig(top_p=1e-6))
+  np.testing.assert_array_equal(top1["tokens"], greedy["tokens"])
+  np.testing.assert_array_equal(nucleus["tokens"], greedy["tokens"])
+  # Greedy continuation is the argmax of the forward pass at every step.
+  text = jnp.concatenate([prompt, greedy["tokens"]], axis=1)
+  pad = (-text.shape[1]) % cfg.block_width
+  logits, _ = sampler._forward(variables, jnp.pad(text, ((0, 0), (0, pad))),
+                               model.initial_carry(2))
+  np.testing.assert_array_equal(
+      jnp.argmax(logits[:, prompt.shape[1] - 1:text.shape[1] - 1], -1),
+      greedy["tokens"])
+
+
+def test_sampling_is_reproducible_per_seed():
+  cfg = tiny_config(recurrent_layers=(1,), gate="lstm")
+  model, variables = init_model(cfg)
+  sampler = Sampler(model, variables)
+  prompt = random_tokens(7, 3, 6)
+  run = lambda seed: np.asarray(sampler.generate(
+      prompt, 12, rng=jax.random.PRNGKey(seed))["tokens"])
+  np.testing.assert_array_equal(run(3), run(3))
+  assert (run(3) != run(4)).any()
+
+
+def test_filters_restrict_the_candidates():
+  rng = np.random.RandomState(0)
+  logits = jnp.asarray(rng.randn(4, 50), jnp.float32)
+  top3 = set()
+  for seed in range(30):
+    tokens = choose_tokens(logits, jax.random.PRNGKey(seed), SamplingConfig(top_k=3))
+    for row, token in enumerate(np.asarray(tokens)):
+      top3.add((row, token in np.argsort(-logits[row])[:3]))
+  assert top3 == {(0, True), (1, True), (2, True), (3, True)}
+  # Nucleus: with p=0.5 only the tokens covering the first half of the mass.
+  probs = np.asarray(jax.nn.softmax(logits))
+  for seed in range(30):
+    tokens = np.asarray(choose_tokens(logits, jax.random.PRNGKey(seed),
+                                      SamplingConfig(top_p=0.5)))
+    for row, token in enumerate(tokens):
+      order = np.argsort(-probs[row])
+      rank = int(np.where(order == token)[0][0])
+      assert probs[row][order[:rank]].sum() < 0.5
+
+
+def test_stop_token_ends_a_row():
+  cfg = tiny_config()
+  model, variables = init_model(cfg)
+  sampler = Sampler(model, variables)
+  prompt = random_tokens(8, 2, 3)
+  free = sampler.generate(prompt, 10, rng=jax.random.PRNGKey(0),
+                          sampling=SamplingConfig(temperature=0))["tokens"]
+  stop = int(free[0, 2])
+  out = sampler.generate(prompt, 10, rng=jax.random.PRNGKey(0),
+                         sampling=SamplingConfig(temperature=0, stop_token=stop))
+  first = int(np.argmax(np.asarray(free[0]) == stop))
+  assert int(out["lengths"][0]) == first + 1
+  assert (np.asarray(out["tokens"][0, first:]) == stop).all()
+  np.testing.assert_array_equal(out["tokens"][0, :first], free[0, :first])
+
+
+def test_bad_prompts_are_rejected():
+  cfg = tiny_config()
+  model, variables = init_model(cfg)
+  sampler = Sampler(model, variables)
+  with pytest.raises(ValueError, match="prompt is empty"):
+    sampler.prefill(jnp.zeros((1, 0), jnp.int32))
+  with pytest.raises(ValueError, match="outside the model's vocabulary of 29"):
+    sampler.prefill(jnp.array([[3, 40]], jnp.int32))
+  with pytest.raises(ValueError, match="top_p"):
+    SamplingConfig(top_p=0.0)
