@@ -1,0 +1,113 @@
+"""Whole-document evaluation at constant memory, and loss against position.
+
+Documents stream through the model one segment per step, every batch row
+reading its own document, with the carry passed along exactly as in
+training; so a book of any length costs the memory of one segment. What is
+kept grows only with the number of documents and of position bins:
+per-document loss sums (bits/token, bits/byte, word perplexity) and the mean
+loss in bins of `position_bin` tokens, which shows whether a model uses the
+distant past (recurrence should pay off late in books).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from brt.data.metrics import EvalAccumulator, compute_metrics
+from brt.model import BlockRecurrentTransformer
+
+
+def token_nll(logits, targets):
+  """Per-token negative log-likelihood in nats, (B, L) float32."""
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  return -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+
+
+@dataclasses.dataclass
+class EvalResult:
+  metrics: dict  # bits_per_token, bits_per_byte, word_perplexity, counts.
+  per_document: dict[int, dict]  # doc_id -> the same metrics for that doc.
+  position_bin: int
+  position_loss_sum: np.ndarray  # Summed loss of the tokens in each bin.
+  position_count: np.ndarray  # Number of tokens in each bin.
+
+  def loss_by_position(self):
+    """(bin start positions, mean loss in nats) for bins that have tokens."""
+    keep = self.position_count > 0
+    starts = np.arange(len(self.position_count)) * self.position_bin
+    return starts[keep], self.position_loss_sum[keep] / self.position_count[keep]
+
+
+class Evaluator:
+  """Streams eval batches (brt.data: `eval_batches`) through a model."""
+
+  def __init__(self, model: BlockRecurrentTransformer):
+    self.model = model
+
+    @jax.jit
+    def step(variables, inputs, targets, carry, start_of_sequence):
+      logits, carry = model.apply(variables, inputs, carry,
+                                  start_of_sequence=start_of_sequence)
+      return token_nll(logits, targets), carry
+
+    self._step = step
+
+  def run(self, variables, batches: Iterable[Mapping[str, np.ndarray]], *,
+          position_bin: int = 1024, max_batches: int | None = None) -> EvalResult:
+    accumulator = EvalAccumulator()
+    loss_sum = np.zeros(0)
+    count = np.zeros(0)
+    carry = None
+    for i, batch in enumerate(batches):
+      if max_batches is not None and i >= max_batches:
+        break
+      if carry is None:
+        carry = self.model.initial_carry(batch["inputs"].shape[0])
+      nll, carry = self._step(variables, batch["inputs"], batch["targets"],
+                              carry, batch["start_of_sequence"])
+      nll = np.asarray(nll, np.float64)
+      accumulator.update(batch, nll)
+      # Position of each target in its document, binned.
+      mask = np.asarray(batch["loss_mask"]) > 0
+      positions = (np.asarray(batch["doc_offset"])[:, None]
+                   + np.arange(nll.shape[1])[None, :])
+      bins = positions[mask] // position_bin
+      size = int(bins.max()) + 1 if bins.size else 0
+      if size > len(loss_sum):
+        loss_sum = np.pad(loss_sum, (0, size - len(loss_sum)))
+        count = np.pad(count, (0, size - len(count)))
+      np.add.at(loss_sum, bins, nll[mask])
+      np.add.at(count, bins, 1)
+    per_document = {doc: compute_metrics(t.loss_nats, t.tokens, t.bytes, t.words)
+                    for doc, t in accumulator.docs.items()}
+    return EvalResult(accumulator.result(), per_document, position_bin,
+                      loss_sum, count)
+
+
+def plot_loss_by_position(curves: Mapping[str, EvalResult], path: str,
+                          title: str = "loss against position in the document"):
+  """Writes a PNG with one line per model: mean bits/token per position bin."""
+  import matplotlib  # Imported here: plotting is optional for evaluation.
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(7, 4))
+  for label, result in curves.items():
+    starts, loss = result.loss_by_position()
+    ax.plot(starts + result.position_bin / 2, loss / np.log(2), marker=".",
+            label=label)
+  ax.set_xscale("symlog", linthresh=max(r.position_bin for r in curves.values()))
+  ax.set_xlabel("position in document (tokens)")
+  ax.set_ylabel("bits per token")
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
