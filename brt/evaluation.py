@@ -18,8 +18,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from brt.data.metrics import EvalAccumulator, compute_metrics
+from brt import partitioning
+from brt.data.metrics import (EvalAccumulator, compute_metrics,
+                              metrics_from_totals)
 from brt.model import BlockRecurrentTransformer
+
+_MODEL_FIELDS = ("inputs", "targets", "start_of_sequence")
 
 
 def token_nll(logits, targets):
@@ -44,10 +48,15 @@ class EvalResult:
 
 
 class Evaluator:
-  """Streams eval batches (brt.data: `eval_batches`) through a model."""
+  """Streams eval batches (brt.data: `eval_batches`) through a model.
 
-  def __init__(self, model: BlockRecurrentTransformer):
+  With a `mesh` (the trainer's), batches are this host's rows of a global
+  batch sharded over its `data` axis, and the totals are summed over hosts.
+  """
+
+  def __init__(self, model: BlockRecurrentTransformer, mesh=None):
     self.model = model
+    self.mesh = mesh
 
     @jax.jit
     def step(variables, inputs, targets, carry, start_of_sequence):
@@ -66,11 +75,17 @@ class Evaluator:
     for i, batch in enumerate(batches):
       if max_batches is not None and i >= max_batches:
         break
+      inputs = {k: batch[k] for k in _MODEL_FIELDS}
+      if self.mesh is not None:
+        inputs = partitioning.put_batch(inputs, self.mesh)
       if carry is None:
-        carry = self.model.initial_carry(batch["inputs"].shape[0])
-      nll, carry = self._step(variables, batch["inputs"], batch["targets"],
-                              carry, batch["start_of_sequence"])
-      nll = np.asarray(nll, np.float64)
+        carry = self.model.initial_carry(inputs["inputs"].shape[0])
+        if self.mesh is not None:
+          carry = jax.device_put(carry, partitioning.batch_major_shardings(
+              carry, self.mesh))
+      nll, carry = self._step(variables, inputs["inputs"], inputs["targets"],
+                              carry, inputs["start_of_sequence"])
+      nll = partitioning.local_rows(nll).astype(np.float64)
       accumulator.update(batch, nll)
       # Position of each target in its document, binned.
       mask = np.asarray(batch["loss_mask"]) > 0
@@ -85,7 +100,11 @@ class Evaluator:
       np.add.at(count, bins, 1)
     per_document = {doc: compute_metrics(t.loss_nats, t.tokens, t.bytes, t.words)
                     for doc, t in accumulator.docs.items()}
-    return EvalResult(accumulator.result(), per_document, position_bin,
+    totals = accumulator.totals()
+    if jax.process_count() > 1:  # Each host read other documents.
+      from jax.experimental import multihost_utils
+      totals = multihost_utils.process_allgather(totals).sum(axis=0)
+    return EvalResult(metrics_from_totals(totals), per_document, position_bin,
                       loss_sum, count)
 
 

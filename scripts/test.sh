@@ -5,8 +5,12 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 bash scripts/setup_env.sh
-# Tests run on the CPU with several fake devices so sharding code is exercised.
+# Tests run on the CPU (sharding tests start their own processes with 8 fake
+# devices). Compiled programs are cached on disk: many tests, and the
+# processes they start, compile the same tiny models.
 export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"
+export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-$root/.cache/jax}"
+export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="${JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS:-0.5}"
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 set +e
 .venv/bin/python -m pytest "$@"

@@ -1,0 +1,390 @@
+"""Training: truncated backpropagation through time over long documents.
+
+Each step trains on one segment of every batch row. The carry the model
+returns (each layer's last keys/values and the recurrent states) is kept in
+the train state, `stop_gradient`ed, and fed to the next step with the next
+segment of the same documents, so the model sees books as a stream while
+gradients flow through one segment (the paper's setup).
+
+A run lives in a working directory: checkpoints (orbax, written in the
+background), TensorBoard event files, `metrics.jsonl` and the operative gin
+config. Starting a run in a directory that holds a checkpoint resumes it:
+parameters, optimizer state, carry, RNG and the data iterator's position are
+restored, so the run continues exactly as if it had never stopped. SIGTERM
+(pre-emption) saves a checkpoint and returns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import threading
+import time
+from typing import Any, Callable, Iterator, Mapping, Optional
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from brt import optim, partitioning
+from brt.checkpoints import Checkpointer
+from brt.config import ModelConfig
+from brt.evaluation import EvalResult, Evaluator, token_nll
+from brt.model import BlockRecurrentTransformer, initial_carry
+
+# The batch fields the model consumes; the rest (document ids, counts) are
+# for evaluation metrics and stay on the host.
+MODEL_FIELDS = ("inputs", "targets", "loss_mask", "start_of_sequence")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """The training loop's settings (gin: `TrainConfig.<field> = ...`)."""
+  batch_size: int = 8  # Global, over all hosts.
+  segment_length: int = 512  # Tokens per row per step; a multiple of W.
+  num_steps: int = 10_000
+  seed: int = 0  # Parameters, dropout and data order.
+  log_every: int = 50
+  eval_every: int = 1000  # train_and_eval mode; 0: only at the end.
+  eval_batch_size: Optional[int] = None  # None: batch_size.
+  eval_segment_length: Optional[int] = None  # None: segment_length.
+  max_eval_batches: Optional[int] = None  # None: the whole split.
+  checkpoint_every: int = 1000
+  keep_checkpoints: int = 3
+  async_checkpoints: bool = True
+  # (data, model) mesh axes; data=-1 takes every device left by `model`.
+  mesh_shape: tuple[int, int] = (-1, 1)
+
+  def __post_init__(self):
+    object.__setattr__(self, "mesh_shape", tuple(self.mesh_shape))
+    for name in ("batch_size", "segment_length", "num_steps", "log_every",
+                 "checkpoint_every", "keep_checkpoints"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or value <= 0:
+        raise ValueError(
+            f"TrainConfig: {name} must be a positive integer, got {value!r}.")
+    if len(self.mesh_shape) != 2:
+      raise ValueError("TrainConfig: mesh_shape is (data, model), got "
+                       f"{self.mesh_shape}.")
+
+  @property
+  def eval_rows(self) -> int:
+    return self.eval_batch_size or self.batch_size
+
+  @property
+  def eval_length(self) -> int:
+    return self.eval_segment_length or self.segment_length
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # Number of updates applied so far.
+  params: Any
+  opt_state: Any
+  carry: Any  # The model's carry for every batch row (stop_gradient'ed).
+  rng: jax.Array  # Base dropout key; step s uses fold_in(rng, s).
+
+
+class NonFiniteLossError(RuntimeError):
+  """The loss or gradient became NaN or infinite; nothing was saved after."""
+
+
+def make_train_step(model: BlockRecurrentTransformer, tx) -> Callable:
+  """(state, batch) -> (state, metrics): one segment of truncated BPTT."""
+  deterministic = model.config.dropout_rate == 0
+
+  def loss_fn(params, state, batch):
+    logits, carry = model.apply(
+        {"params": params}, batch["inputs"], state.carry,
+        start_of_sequence=batch["start_of_sequence"],
+        deterministic=deterministic,
+        rngs={"dropout": jax.random.fold_in(state.rng, state.step)})
+    mask = batch["loss_mask"]
+    loss_sum = jnp.sum(token_nll(logits, batch["targets"]) * mask)
+    tokens = jnp.sum(mask)
+    return loss_sum / jnp.maximum(tokens, 1.0), (carry, tokens)
+
+  def step(state: TrainState, batch):
+    (loss, (carry, tokens)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(state.params, state, batch)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = jax.tree_util.tree_map(lambda p, u: p + u, state.params, updates)
+    new_state = state.replace(step=state.step + 1, params=params,
+                              opt_state=opt_state,
+                              carry=jax.lax.stop_gradient(carry))
+    metrics = {"loss": loss, "tokens": tokens,
+               "grad_norm": optax.global_norm(grads)}
+    return new_state, metrics
+
+  return step
+
+
+class Trainer:
+  """Builds, trains, checkpoints and evaluates one model in one workdir.
+
+    trainer = Trainer(model_config, train_config, optimizer_config, workdir)
+    state = trainer.train(train_batches, eval_batches=lambda: ...)
+  `train_batches` is an iterator with `get_state`/`set_state` (a
+  `LongDocBatcher`) yielding this host's rows of each global batch.
+  """
+
+  def __init__(self, model_config: ModelConfig, train_config: TrainConfig,
+               optimizer_config: optim.OptimizerConfig, workdir: str, *,
+               mesh=None, writer=None, verbose: bool = True):
+    self.model_config = model_config
+    self.config = train_config
+    self.model = BlockRecurrentTransformer(model_config)
+    model_config.check_segment_length(train_config.segment_length)
+    model_config.check_segment_length(train_config.eval_length)
+    self.mesh = mesh or partitioning.make_mesh(*train_config.mesh_shape)
+    partitioning.check_batch_size(train_config.batch_size, self.mesh)
+    self.tx, self.schedule = optim.make_optimizer(optimizer_config,
+                                                  train_config.num_steps)
+    self.workdir = workdir
+    self.is_chief = jax.process_index() == 0
+    self.verbose = verbose and self.is_chief
+    self._writer = writer
+    self.checkpointer = Checkpointer(
+        os.path.join(workdir, "checkpoints"), keep=train_config.keep_checkpoints,
+        asynchronous=train_config.async_checkpoints)
+    self._stop = threading.Event()
+    self._shardings = self._state_shardings()
+    self._step_fn = jax.jit(
+        make_train_step(self.model, self.tx),
+        in_shardings=(self._shardings, None),
+        out_shardings=(self._shardings, partitioning.replicated(self.mesh)),
+        donate_argnums=0)
+    self.evaluator = Evaluator(self.model, mesh=self.mesh)
+    self.history: list[dict] = []  # Logged train and eval records.
+
+  # -- state ---------------------------------------------------------------------
+  def _init_fn(self, seed_key):
+    cfg, rows = self.model_config, self.config.batch_size
+    params_key, dropout_key = jax.random.split(seed_key)
+    tokens = jnp.zeros((1, cfg.block_width), jnp.int32)
+    variables = self.model.init(params_key, tokens, initial_carry(cfg, 1))
+    params = nn.meta.unbox(variables)["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=self.tx.init(params),
+                      carry=initial_carry(cfg, rows), rng=dropout_key)
+
+  def _state_shardings(self):
+    cfg = self.model_config
+    tokens = jnp.zeros((1, cfg.block_width), jnp.int32)
+    boxed = jax.eval_shape(self.model.init, jax.random.PRNGKey(0), tokens,
+                           initial_carry(cfg, 1))
+    param_shardings = partitioning.param_shardings(boxed, self.mesh)["params"]
+    abstract = jax.eval_shape(self._init_fn, jax.random.PRNGKey(0))
+    rep = partitioning.replicated(self.mesh)
+    return TrainState(
+        step=rep, params=param_shardings,
+        opt_state=partitioning.optimizer_shardings(
+            self.tx, abstract.opt_state, abstract.params, param_shardings,
+            self.mesh),
+        carry=partitioning.batch_major_shardings(abstract.carry, self.mesh),
+        rng=rep)
+
+  def abstract_state(self) -> TrainState:
+    """Shapes, dtypes and shardings of the train state, without computing it."""
+    abstract = jax.eval_shape(self._init_fn, jax.random.PRNGKey(0))
+    return jax.tree_util.tree_map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        abstract, self._shardings)
+
+  def init_state(self) -> TrainState:
+    init = jax.jit(self._init_fn, out_shardings=self._shardings)
+    return init(jax.random.PRNGKey(self.config.seed))
+
+  def restore_or_init(self, train_batches=None) -> TrainState:
+    """The latest checkpoint's state (and data position), or a fresh one."""
+    if self.checkpointer.latest_step() is None:
+      return self.init_state()
+    state, data_state, step = self.checkpointer.restore(
+        self.abstract_state(), self.model_config)
+    if train_batches is not None:
+      train_batches.set_state(data_state)
+    self._print(f"Restored step {step} from {self.checkpointer.directory}")
+    return state
+
+  # -- the loop --------------------------------------------------------------------
+  def train(self, train_batches: Iterator[Mapping[str, np.ndarray]],
+            eval_batches: Optional[Callable[[], Any]] = None,
+            until_step: Optional[int] = None) -> TrainState:
+    """Trains to `num_steps` (or `until_step`), resuming from the workdir.
+
+    eval_batches: a function returning a fresh iterator over the evaluation
+      split; evaluated every `eval_every` steps and at the end.
+    """
+    cfg = self.config
+    state = self.restore_or_init(train_batches)
+    step = int(state.step)
+    last = min(cfg.num_steps, until_step or cfg.num_steps)
+    meter = _Meter(step)
+    previous_handler = self._catch_sigterm()
+    try:
+      while step < last and not self._stop.is_set():
+        batch = next(train_batches)
+        state, metrics = self._step_fn(state, self._put(batch))
+        step += 1
+        meter.add(step, metrics)
+        if step == meter.start + 1:
+          meter.restart_clock(state)  # Leave compilation out of tokens/s.
+        if step % cfg.log_every == 0 or step == last:
+          self._log_train(step, meter, last)
+        if eval_batches is not None and (
+            (cfg.eval_every and step % cfg.eval_every == 0) or step == last):
+          began = time.perf_counter()
+          self.evaluate(state.params, eval_batches(), step)
+          meter.exclude(time.perf_counter() - began)
+        if step % cfg.checkpoint_every == 0 or step == last:
+          self._save(step, state, meter, train_batches)
+      if self._stop.is_set() and step < last:
+        self._save(step, state, meter, train_batches)
+        self._print(f"Stopped by SIGTERM at step {step}; checkpoint saved in "
+                    f"{self.checkpointer.directory}. Rerun to resume.")
+      self.checkpointer.wait()
+    finally:
+      self._release_sigterm(previous_handler)
+      if self._writer is not None:
+        self._writer.flush()
+    return state
+
+  def request_stop(self):
+    """Asks the loop to save and return after the current step."""
+    self._stop.set()
+
+  def _put(self, batch):
+    return partitioning.put_batch({k: batch[k] for k in MODEL_FIELDS},
+                                  self.mesh)
+
+  def _save(self, step, state, meter, train_batches):
+    meter.check_finite(self.checkpointer.latest_step(),
+                       self.checkpointer.directory)
+    self.checkpointer.save(step, state, train_batches.get_state(),
+                           self.model_config)
+
+  def _log_train(self, step, meter, last):
+    meter.check_finite(self.checkpointer.latest_step(),
+                       self.checkpointer.directory)
+    record = meter.summary(step, last, self.config.batch_size
+                           * self.config.segment_length)
+    record["learning_rate"] = float(self.schedule(step - 1))
+    self._record("train", step, record)
+    eta = record.pop("eta_s")
+    self._print(
+        f"step {step:>{len(str(last))}}/{last} | loss {record['loss']:.4f} | "
+        f"{record['bits_per_token']:.4f} bits/token | "
+        f"lr {record['learning_rate']:.2e} | "
+        f"{record['tokens_per_s']:,.0f} tokens/s | ETA {_hms(eta)}")
+
+  # -- evaluation ------------------------------------------------------------------
+  def evaluate(self, params, batches, step: int) -> EvalResult:
+    start = time.perf_counter()
+    result = self.evaluator.run({"params": params}, batches,
+                                max_batches=self.config.max_eval_batches)
+    m = result.metrics
+    self._record("eval", step, {k: m[k] for k in (
+        "loss", "bits_per_token", "bits_per_byte", "word_perplexity",
+        "num_tokens", "num_documents")})
+    self._print(
+        f"eval at step {step}: {m['bits_per_token']:.4f} bits/token | "
+        f"{m['bits_per_byte']:.4f} bits/byte | word perplexity "
+        f"{m['word_perplexity']:.2f} | {m['num_tokens']:,} tokens in "
+        f"{m['num_documents']} documents, {time.perf_counter() - start:.0f}s")
+    return result
+
+  # -- output ----------------------------------------------------------------------
+  def _record(self, kind: str, step: int, values: dict):
+    values = {k: float(v) for k, v in values.items()}
+    self.history.append({"kind": kind, "step": step, **values})
+    if not self.is_chief:
+      return
+    with open(os.path.join(self.workdir, "metrics.jsonl"), "a") as f:
+      f.write(json.dumps({"kind": kind, "step": step, **values}) + "\n")
+    if self._writer is not None:
+      self._writer.write_scalars(step, {f"{kind}/{k}": v
+                                        for k, v in values.items()})
+
+  def _print(self, line: str):
+    if self.verbose:
+      print(line, flush=True)
+
+  def _catch_sigterm(self):
+    if threading.current_thread() is not threading.main_thread():
+      return None
+    return signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+
+  def _release_sigterm(self, previous):
+    if previous is not None:
+      signal.signal(signal.SIGTERM, previous)
+
+  def close(self):
+    self.checkpointer.close()
+
+
+class _Meter:
+  """Train metrics between two log lines, fetched from the device lazily so
+  that the host keeps feeding batches while the device computes."""
+
+  def __init__(self, step: int):
+    self.start = step
+    self._pending: list[tuple[int, Any]] = []
+    self._loss_sum = self._tokens = self._grad_norm = 0.0
+    self._interval_start = (time.perf_counter(), step)
+
+  def add(self, step: int, metrics):
+    self._pending.append((step, metrics))
+
+  def restart_clock(self, state):
+    jax.block_until_ready(state.step)
+    self._interval_start = (time.perf_counter(), self.start + 1)
+
+  def exclude(self, seconds: float):
+    """Leaves time spent on other work (evaluation) out of tokens/s."""
+    began, first = self._interval_start
+    self._interval_start = (began + seconds, first)
+
+  def check_finite(self, last_checkpoint, directory):
+    """Fetches pending metrics; raises if any loss or gradient is not finite."""
+    for step, m in jax.device_get(self._pending):
+      loss, grad_norm = float(m["loss"]), float(m["grad_norm"])
+      if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+        where = ("no checkpoint was saved yet" if last_checkpoint is None else
+                 f"the last good checkpoint is step {last_checkpoint} in "
+                 f"{directory}")
+        raise NonFiniteLossError(
+            f"Non-finite training loss at step {step} (loss {loss}, gradient "
+            f"norm {grad_norm}). Stopped without saving; {where}. Lower the "
+            "learning rate, lengthen the warmup or clip gradients harder.")
+      self._loss_sum += loss * float(m["tokens"])
+      self._tokens += float(m["tokens"])
+      self._grad_norm = max(self._grad_norm, grad_norm)
+    self._pending.clear()
+
+  def summary(self, step: int, last: int, tokens_per_step: int) -> dict:
+    now = time.perf_counter()
+    began, first = self._interval_start
+    steps = step - first
+    step_s = (now - began) / steps if steps > 0 else float("nan")
+    loss = self._loss_sum / max(self._tokens, 1.0)
+    record = {"loss": loss, "bits_per_token": loss / math.log(2),
+              "grad_norm_max": self._grad_norm,
+              "tokens_per_s": tokens_per_step / step_s if steps > 0 else 0.0,
+              "step_s": step_s,
+              "eta_s": (last - step) * step_s if steps > 0 else float("nan")}
+    self._loss_sum = self._tokens = self._grad_norm = 0.0
+    self._interval_start = (now, step)
+    return record
+
+
+def _hms(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return "?"
+  seconds = int(round(seconds))
+  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
