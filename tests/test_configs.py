@@ -1,0 +1,89 @@
+"""The gin files in configs/ compose into valid experiments."""
+
+import itertools
+import os
+
+import gin
+import pytest
+
+from brt import configurables
+from brt.config import ModelConfig
+from brt.optim import OptimizerConfig
+from brt.trainer import TrainConfig
+
+SIZES = ["sizes/tiny.gin", "sizes/small.gin", "sizes/paper.gin"]
+VARIANTS = sorted(f for f in configurables.available_gin_files()
+                  if f.startswith("variants/"))
+
+
+@pytest.fixture(autouse=True)
+def clean_gin():
+  gin.clear_config()
+  yield
+  gin.clear_config()
+
+
+def build(files, params=()):
+  configurables.parse(files, params)
+  return (configurables.build(ModelConfig), configurables.build(TrainConfig),
+          configurables.build(OptimizerConfig))
+
+
+@pytest.mark.parametrize("size,variant", itertools.product(SIZES, VARIANTS))
+def test_every_size_and_variant_builds_a_valid_config(size, variant):
+  model, train, _ = build([size, variant])
+  model.check_segment_length(train.segment_length)
+  name = os.path.basename(variant)[:-4]
+  if name.startswith(("rec_", "feedback_")):
+    gate, kind = name.split("_")[1:]
+    assert (model.gate, model.gate_variant) == (gate, kind)
+    assert len(model.recurrent_layers) == 1
+    assert model.recurrent_layers[0] < model.num_layers
+  else:
+    assert model.recurrent_layers == ()
+  assert model.feedback == name.startswith("feedback")
+  assert model.cache_across_segments == (name != "slide")
+
+
+def test_paper_size_is_the_papers_model():
+  model, train, opt = build(["sizes/paper.gin", "variants/rec_fixed_skip.gin"])
+  assert (model.num_layers, model.d_model, model.num_heads, model.mlp_size,
+          model.block_width, model.num_states) == (12, 1024, 8, 4096, 512, 512)
+  assert model.recurrent_layers == (10,)
+  assert train.segment_length == 4096 and opt.name == "adafactor"
+  xl4, _, _ = build(["sizes/paper.gin", "variants/xl_4w.gin"])
+  assert xl4.block_width == 4 * model.block_width
+
+
+def test_options_and_overrides_apply_in_order():
+  model, train, opt = build(
+      ["sizes/small.gin", "variants/rec_lstm_dual.gin",
+       "options/window_1024.gin", "options/adamw_cosine.gin",
+       "options/model_parallel_2.gin"],
+      ["TrainConfig.segment_length = 2048", "ModelConfig.num_layers = 8"])
+  assert model.block_width == 1024 and model.num_layers == 8
+  assert train.segment_length == 2048 and train.mesh_shape == (-1, 2)
+  assert (opt.name, opt.schedule) == ("adamw", "cosine")
+
+
+def test_task_files_and_the_demo_parse():
+  for task in (f for f in configurables.available_gin_files()
+               if f.startswith("tasks/")):
+    gin.clear_config()
+    build(["sizes/tiny.gin", "variants/xl.gin", task])
+  gin.clear_config()
+  model, train, _ = build(["demo.gin"])
+  assert model.vocab_size == 259 and model.recurrent_layers == (2,)
+  model.check_segment_length(train.segment_length)
+  model.check_segment_length(train.eval_length)
+
+
+def test_misspelt_names_get_suggestions():
+  with pytest.raises(configurables.GinConfigError,
+                     match=r"named 'num_head'.*\n.*\n.*\nDid you mean 'num_heads'"):
+    configurables.parse([], ["ModelConfig.num_head = 3"])
+  with pytest.raises(configurables.GinConfigError,
+                     match="Did you mean 'TrainConfig'"):
+    configurables.parse([], ["TrainConfg.batch_size = 3"])
+  with pytest.raises(configurables.GinConfigError, match="sizes/tiny.gin"):
+    configurables.parse(["sizes/tiny_typo.gin"])
