@@ -1,0 +1,202 @@
+"""Side by side with the PyTorch port, in one run on the same machine.
+
+The port is `block-recurrent-transformer-pytorch==0.4.4` with
+`torch==2.13.0`, installed by this script into its own virtualenv
+(`.venv-port`, ignored by git; nothing of the port is kept in this
+repository). Both models take the bench config: bytes, 6 layers, d_model
+512, 8 heads x 64, a 2048-wide MLP (the port's GEGLU with ff_mult 4 has the
+same matmul FLOPs), W 128, 128 states, the recurrent layer 5th of 6,
+segments of 1024.
+
+- Sampling, batch 1: 512 new tokens after a 1024-token prompt. The port's
+  own protocol: one forward pass over the prompt (which yields its memories
+  and states), then `generate`, which re-runs the forward pass over the
+  growing segment for every token. brt: `Sampler` (prefill, then the
+  incremental decoder). Timed: the new tokens, best of `--repeats`.
+- Training, batch 4: one segment of 1024 tokens, forward + backward + an
+  Adam update, median step time after a warm-up.
+
+  .venv/bin/python scripts/bench_pytorch_port.py
+  .venv/bin/python scripts/bench_pytorch_port.py --new_tokens 128 --train_steps 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PORT_VENV = os.path.join(ROOT, ".venv-port")
+PORT_PACKAGES = ["torch==2.13.0", "einops>=0.6.1", "beartype", "packaging",
+                 "numpy"]
+# The port's wheel asks for memorizing-transformers-pytorch (and through it
+# faiss-gpu) but never imports it, so it is installed without dependencies.
+PORT = "block-recurrent-transformer-pytorch==0.4.4"
+
+CONFIG = dict(vocab=256, layers=6, d_model=512, heads=8, head_dim=64,
+              block=128, states=128, recurrent_layer=4, segment=1024)
+
+
+def ensure_port_venv() -> str:
+  python = os.path.join(PORT_VENV, "bin", "python")
+  if not os.path.exists(python):
+    subprocess.run([sys.executable, "-m", "venv", PORT_VENV], check=True)
+  check = subprocess.run([python, "-c", "import block_recurrent_transformer_"
+                          "pytorch, torch"], capture_output=True)
+  if check.returncode:
+    pip = [python, "-m", "pip", "install", "-q"]
+    subprocess.run(pip + PORT_PACKAGES, check=True)
+    subprocess.run(pip + ["--no-deps", PORT], check=True)
+  return python
+
+
+# --- the port (runs inside .venv-port: torch only) -----------------------------
+
+
+def port_child(args) -> dict:
+  import torch
+  from block_recurrent_transformer_pytorch import (BlockRecurrentTransformer,
+                                                    RecurrentTrainerWrapper)
+  torch.set_num_threads(os.cpu_count())
+  torch.manual_seed(0)
+  c = CONFIG
+  model = BlockRecurrentTransformer(
+      num_tokens=c["vocab"], dim=c["d_model"], depth=c["layers"],
+      dim_head=c["head_dim"], heads=c["heads"], ff_mult=4,
+      max_seq_len=c["segment"], block_width=c["block"],
+      num_state_vectors=c["states"],
+      recurrent_layers=(c["recurrent_layer"] + 1,))  # 1-based there
+
+  prompt = torch.randint(0, c["vocab"], (1, c["segment"]))
+  best = float("inf")
+  for _ in range(args.repeats):
+    model.eval()
+    with torch.no_grad():
+      _, memories, states = model(prompt, return_memories_and_states=True)
+      start = time.perf_counter()
+      out = model.generate(prompt[:, -1:], length=args.new_tokens + 1,
+                           xl_memories=memories, states=states)
+      best = min(best, time.perf_counter() - start)
+  assert out.shape[-1] == args.new_tokens
+
+  wrapper = RecurrentTrainerWrapper(model)
+  wrapper.train()
+  optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+  seq = torch.randint(0, c["vocab"], (4, c["segment"] + 1))
+  times = []
+  for i in range(args.train_steps + 1):
+    start = time.perf_counter()
+    loss = wrapper(seq)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    if i:  # the first step warms up
+      times.append(time.perf_counter() - start)
+  return {"sample_tokens_per_s": args.new_tokens / best,
+          "train_tokens_per_s": 4 * c["segment"] / statistics.median(times),
+          "torch": torch.__version__,
+          "params": sum(p.numel() for p in model.parameters())}
+
+
+# --- brt (this venv) ------------------------------------------------------------
+
+
+def brt_side(args) -> dict:
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import optax
+
+  import brt
+  from brt.sampling import Sampler, SamplingConfig
+  from brt.trainer import TrainState, make_train_step
+
+  c = CONFIG
+  cfg = brt.ModelConfig(
+      vocab_size=c["vocab"], num_layers=c["layers"], d_model=c["d_model"],
+      num_heads=c["heads"], mlp_dim=2048, block_width=c["block"],
+      num_states=c["states"], recurrent_layers=(c["recurrent_layer"],))
+  model = brt.BlockRecurrentTransformer(cfg)
+  variables = nn.meta.unbox(jax.jit(model.init)(
+      jax.random.PRNGKey(0), jnp.zeros((1, c["block"]), jnp.int32),
+      model.initial_carry(1)))
+
+  sampler = Sampler(model, variables)
+  prompt = np.random.RandomState(0).randint(0, c["vocab"], (1, c["segment"]))
+  dec, last = sampler.prefill(prompt)
+  loop = sampler._loop(args.new_tokens, SamplingConfig())  # pylint: disable=protected-access
+  rng = jax.random.PRNGKey(0)
+  jax.block_until_ready(loop(variables, dec, last, rng))  # compile
+  best = float("inf")
+  for _ in range(args.repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(loop(variables, dec, last, rng))
+    best = min(best, time.perf_counter() - start)
+
+  tx = optax.adam(1e-4)
+  params = variables["params"]
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                     opt_state=tx.init(params), carry=model.initial_carry(4),
+                     rng=jax.random.PRNGKey(1))
+  step = jax.jit(make_train_step(model, tx))
+  seq = np.random.RandomState(1).randint(0, c["vocab"], (4, c["segment"] + 1))
+  batch = {"inputs": jnp.asarray(seq[:, :-1], jnp.int32),
+           "targets": jnp.asarray(seq[:, 1:], jnp.int32),
+           "loss_mask": jnp.ones((4, c["segment"]), jnp.float32),
+           "start_of_sequence": jnp.zeros((4,), bool)}
+  times = []
+  for i in range(args.train_steps + 1):
+    start = time.perf_counter()
+    state, metrics = step(state, batch)
+    jax.block_until_ready(metrics)
+    if i:
+      times.append(time.perf_counter() - start)
+  return {"sample_tokens_per_s": args.new_tokens / best,
+          "train_tokens_per_s": 4 * c["segment"] / statistics.median(times),
+          "jax": jax.__version__,
+          "params": sum(int(np.prod(x.shape))
+                        for x in jax.tree_util.tree_leaves(params))}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--new_tokens", type=int, default=512)
+  parser.add_argument("--repeats", type=int, default=2)
+  parser.add_argument("--train_steps", type=int, default=5)
+  parser.add_argument("--out", default="bench_results/pytorch_port.json")
+  parser.add_argument("--_port_child", action="store_true",
+                      help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args._port_child:  # pylint: disable=protected-access
+    print("RESULT" + json.dumps(port_child(args)))
+    return
+
+  python = ensure_port_venv()
+  child = [python, __file__, "--_port_child",
+           f"--new_tokens={args.new_tokens}", f"--repeats={args.repeats}",
+           f"--train_steps={args.train_steps}"]
+  # One after the other, never at once: each gets every core.
+  port = json.loads(subprocess.run(child, check=True, capture_output=True,
+                                   text=True).stdout.split("RESULT")[-1])
+  ours = brt_side(args)
+  print(f"{'':28s} {'brt':>10s} {'port':>10s} {'brt/port':>9s}")
+  for key, label in (("sample_tokens_per_s", "sampling tokens/s (batch 1)"),
+                     ("train_tokens_per_s", "training tokens/s (batch 4)")):
+    print(f"{label:28s} {ours[key]:10.1f} {port[key]:10.1f} "
+          f"{ours[key] / port[key]:9.2f}")
+  print(f"parameters: brt {ours['params']:,}, port {port['params']:,}")
+  os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+  with open(args.out, "w") as f:
+    json.dump({"config": CONFIG, "new_tokens": args.new_tokens, "brt": ours,
+               "port": port}, f, indent=2)
+  print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+  main()
