@@ -196,25 +196,29 @@ class TransformerLayer(nn.Module):
     kv = self.kv_state(hs)
     return {"h": hs, "k": kv[:, :, 0], "v": kv[:, :, 1]}
 
-  def tokens(self, x: Array, prev: dict[str, Array], cur: dict[str, Array] | None,
-             prev_visible: Array, offset, window: dict[str, Any],
-             state_kv: dict[str, Array] | None, deterministic: bool):
+  def tokens(self, x: Array, window_kv: dict[str, Array] | None,
+             prev: dict[str, Array] | None, prev_visible: Array, offset,
+             window: dict[str, Any], state_kv: dict[str, Array] | None,
+             deterministic: bool):
     """The vertical direction, for T tokens at positions offset.. of a block.
 
     Args:
       x: (B, T, d) token activations.
-      prev: {"k", "v"}: (B, W, G, k) keys/values of the previous block.
-      cur: keys/values of the current block so far (decoding), into which
-        these T tokens' keys/values are written at `offset`; None when x is
-        the whole block (offset 0, T = W).
-      prev_visible: (B,) bool, False where `prev` must be ignored (first
-        block of a document, or of a segment in "Slide").
+      window_kv: decoding: {"k", "v"}: (B, 2W, G, k), the previous block's
+        keys/values then the current block's so far; these T tokens' are
+        written at W + offset. None in training, where x is the whole block
+        (offset 0, T = W) and the window is [prev, this block].
+      prev: training: {"k", "v"}: (B, W, G, k) keys/values of the previous
+        block; None when decoding.
+      prev_visible: (B,) bool, False where the previous block must be
+        ignored (first block of a document, or of a segment in "Slide").
       window: block-invariant constants: "mask" (W, 2W), "bias" (H, W, 2W) or
         None, "sin"/"cos" rotary tables for the 2W window positions or None.
       state_kv: `read_state` of the state carried in from the previous block
         (recurrent and feedback kinds), else None.
     Returns:
-      (x, the current block's keys/values including these tokens).
+      (x, the keys/values: this block's (B, W, G, k) in training, the
+      updated window when decoding).
     """
     cfg = self.config
     dt = cfg.compute_dtype
@@ -223,14 +227,16 @@ class TransformerLayer(nn.Module):
     h = self.ln_tokens(x).astype(dt)
     q = self.q_tokens(h)
     kv = self.kv_tokens(h)
-    if cur is None:
-      cur = {"k": kv[:, :, 0], "v": kv[:, :, 1]}
+    if window_kv is None:
+      new = {"k": kv[:, :, 0], "v": kv[:, :, 1]}
+      k_win = jnp.concatenate([prev["k"], new["k"]], axis=1).astype(dt)
+      v_win = jnp.concatenate([prev["v"], new["v"]], axis=1).astype(dt)
     else:
-      cur = {name: jax.lax.dynamic_update_slice_in_dim(
-          cur[name], kv[:, :, i].astype(cur[name].dtype), offset, axis=1)
-             for i, name in enumerate("kv")}
-    k_win = jnp.concatenate([prev["k"], cur["k"]], axis=1).astype(dt)
-    v_win = jnp.concatenate([prev["v"], cur["v"]], axis=1).astype(dt)
+      # Written in place: no per-token copy of the window.
+      new = {name: jax.lax.dynamic_update_slice_in_dim(
+          window_kv[name], kv[:, :, i].astype(window_kv[name].dtype),
+          w + offset, axis=1) for i, name in enumerate("kv")}
+      k_win, v_win = new["k"].astype(dt), new["v"].astype(dt)
     q_self = q[:, :, 0]
     rows = lambda table, axis: jax.lax.dynamic_slice_in_dim(
         table, offset, length, axis=axis)
@@ -253,7 +259,7 @@ class TransformerLayer(nn.Module):
     x = x + self.dropout(y, deterministic=deterministic)
     y = self.mlp(self.ln_mlp(x).astype(dt), deterministic)
     x = x + self.dropout(y, deterministic=deterministic)
-    return x, cur
+    return x, new
 
   def update_state(self, state: Array, state_kv: dict[str, Array],
                    block: dict[str, Array], deterministic: bool) -> Array:
@@ -288,7 +294,7 @@ class TransformerLayer(nn.Module):
     state or None). `state` is the state this layer reads (already reset in
     rows that start a document), or None for plain layers."""
     state_kv = None if state is None else self.read_state(state)
-    x, block = self.tokens(x, prev, None, prev_visible, 0, window, state_kv,
+    x, block = self.tokens(x, None, prev, prev_visible, 0, window, state_kv,
                            deterministic)
     if self.kind != "recurrent":
       return x, block, None

@@ -120,25 +120,34 @@ class BlockStep(nn.Module):
 
   def decode(self, x, dec: Carry, window):
     """T tokens' activations (B, T, d) at dec["offset"] of the current block."""
-    cur = []
+    windows = []
     for i in range(self.config.num_layers):
       x, kv = self._layer(i).tokens(
-          x, dec["cache"][i], dec["cur"][i], dec["valid"], dec["offset"],
+          x, dec["window"][i], None, dec["valid"], dec["offset"],
           _layer_window(window, i), dec["reads"][i], deterministic=True)
-      cur.append(kv)
+      windows.append(kv)
     offset = dec["offset"] + x.shape[1]
-    return x, dict(dec, cur=tuple(cur), offset=offset)
+    return x, dict(dec, window=tuple(windows), offset=offset)
 
   def end_block(self, dec: Carry) -> Carry:
-    """The block is complete: update the states, make it the cached block."""
+    """The block is complete: update the states, and slide every layer's
+    window by a block (the current block becomes the previous one)."""
     cfg = self.config
+    w = cfg.block_width
+    block = [{k: v[:, w:] for k, v in kv.items()} for kv in dec["window"]]
     states = tuple(
-        self._layer(i).update_state(s, dec["reads"][i], dec["cur"][i],
+        self._layer(i).update_state(s, dec["reads"][i], block[i],
                                     deterministic=True)
         for i, s in zip(cfg.recurrent_layers, dec["state"]))
-    dec = dict(dec, cache=dec["cur"], state=states,
-               valid=jnp.ones_like(dec["valid"]))
+    dec = dict(dec, window=tuple(_window_after(kv) for kv in block),
+               state=states, valid=jnp.ones_like(dec["valid"]))
     return self.begin_block(dec)
+
+
+def _window_after(prev: dict[str, Array]) -> dict[str, Array]:
+  """A decoding window (B, 2W, G, k): `prev` then room for the next block."""
+  return {k: jnp.concatenate([v, jnp.zeros_like(v)], axis=1)
+          for k, v in prev.items()}
 
 
 def _layer_window(window, i):
@@ -226,10 +235,13 @@ class BlockRecurrentTransformer(nn.Module):
   def start_decoding(self, carry: Carry) -> Carry:
     """The decoder's state after the blocks that produced `carry`.
 
-    It is the carry plus the current block's keys/values so far ("cur"), the
-    position in the block ("offset") and the states' keys/values ("reads").
+    It holds each layer's window of keys/values ("window": the previous
+    block's, then the current block's so far), the recurrent states and
+    "valid" of the carry, the position in the block ("offset") and the
+    states' keys/values ("reads").
     """
-    dec = dict(carry, cur=jax.tree_util.tree_map(jnp.zeros_like, carry["cache"]))
+    dec = {"window": tuple(_window_after(kv) for kv in carry["cache"]),
+           "state": carry["state"], "valid": carry["valid"]}
     return self.blocks.begin_block(dec)
 
   def decode(self, tokens, dec: Carry):
