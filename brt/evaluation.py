@@ -40,6 +40,26 @@ class EvalResult:
   position_loss_sum: np.ndarray  # Summed loss of the tokens in each bin.
   position_count: np.ndarray  # Number of tokens in each bin.
 
+  def to_json(self) -> dict:
+    """A JSON-serialisable dict; `from_json` reads it back (for plots that
+    compare runs evaluated at different times)."""
+    return {"metrics": self.metrics,
+            "per_document": {str(k): v for k, v in self.per_document.items()},
+            "position_bin": self.position_bin,
+            "position_loss_sum": self.position_loss_sum.tolist(),
+            "position_count": self.position_count.tolist()}
+
+  @classmethod
+  def from_json(cls, data: Mapping) -> "EvalResult":
+    if "position_count" not in data:
+      raise ValueError("This evaluation file has no loss-by-position bins; "
+                       "evaluate the checkpoint again with --mode=eval.")
+    return cls(dict(data["metrics"]),
+               {int(k): v for k, v in data["per_document"].items()},
+               int(data["position_bin"]),
+               np.asarray(data["position_loss_sum"], np.float64),
+               np.asarray(data["position_count"], np.float64))
+
   def loss_by_position(self):
     """(bin start positions, mean loss in nats) for bins that have tokens."""
     keep = self.position_count > 0
@@ -104,8 +124,18 @@ class Evaluator:
     if jax.process_count() > 1:  # Each host read other documents.
       from jax.experimental import multihost_utils
       totals = multihost_utils.process_allgather(totals).sum(axis=0)
+      loss_sum, count = _sum_bins_over_hosts(loss_sum, count)
     return EvalResult(metrics_from_totals(totals), per_document, position_bin,
                       loss_sum, count)
+
+
+def _sum_bins_over_hosts(loss_sum, count):
+  """Hosts saw different documents, so their bin arrays differ in length."""
+  from jax.experimental import multihost_utils
+  size = int(multihost_utils.process_allgather(np.int32(len(count))).max())
+  pad = lambda a: np.pad(a, (0, size - len(a)))
+  both = multihost_utils.process_allgather(np.stack([pad(loss_sum), pad(count)]))
+  return both[:, 0].sum(axis=0), both[:, 1].sum(axis=0)
 
 
 def plot_loss_by_position(curves: Mapping[str, EvalResult], path: str,

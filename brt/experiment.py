@@ -135,8 +135,7 @@ class Experiment:
     finally:
       trainer.close()
     out = {"step": step, "split": split, "task": self.data_config.task,
-           "metrics": result.metrics,
-           "per_document": {str(k): v for k, v in result.per_document.items()}}
+           **result.to_json()}
     stem = os.path.join(self.workdir, f"eval_{split}_{step}")
     with open(stem + ".json", "w") as f:
       json.dump(out, f, indent=1)

@@ -1,5 +1,6 @@
 """Whole-document evaluation equals the plain forward pass on each document."""
 
+import json
 import os
 
 import jax.numpy as jnp
@@ -7,7 +8,8 @@ import numpy as np
 
 from brt.data.batching import eval_batcher
 from brt.data.documents import DocumentSet
-from brt.evaluation import Evaluator, plot_loss_by_position, token_nll
+from brt.evaluation import (EvalResult, Evaluator, plot_loss_by_position,
+                            token_nll)
 from conftest import apply, init_model, tiny_config
 
 
@@ -46,6 +48,13 @@ def test_streamed_documents_equal_one_forward_pass_each(tmp_path):
   assert result.position_count.sum() == m["num_tokens"]
   np.testing.assert_allclose(result.position_loss_sum.sum(), total, rtol=1e-5)
   assert len(result.position_count) == -(-max(n - 1 for n in lengths) // 8)
+
+  again = EvalResult.from_json(json.loads(json.dumps(result.to_json())))
+  assert again.metrics == result.metrics
+  assert again.per_document == result.per_document
+  np.testing.assert_array_equal(again.position_count, result.position_count)
+  np.testing.assert_array_equal(again.position_loss_sum,
+                                result.position_loss_sum)
 
   path = plot_loss_by_position({"rec": result}, str(tmp_path / "loss.png"))
   with open(path, "rb") as f:

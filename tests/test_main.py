@@ -117,6 +117,15 @@ def test_train_eval_generate_from_gin_files(tmp_path, corpus):
   assert report["metrics"]["num_bytes"] == sum(len(t.encode()) for t in texts)
   assert report["metrics"]["num_words"] == sum(len(t.split()) for t in texts)
   assert os.path.getsize(workdir / "eval_test_4.png") > 1000
+  # The report keeps the loss-by-position bins, so runs can be compared.
+  assert sum(report["position_count"]) == report["metrics"]["num_tokens"]
+  out = subprocess.run(
+      [sys.executable, "-m", "brt.plot_eval", f"--out={tmp_path / 'cmp.png'}",
+       f"a={workdir}", f"b={workdir / 'eval_test_4.json'}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.count("bits/token") == 2
+  assert os.path.getsize(tmp_path / "cmp.png") > 1000
 
   out = run(workdir, "--mode=generate", "--prompt=the king", "--num_tokens=20",
             "--temperature=0")

@@ -1,0 +1,150 @@
+"""A small-scale reproduction of the paper's Table 1 on the demo corpora.
+
+Every (corpus, variant, seed) is one `python -m brt.main` run in its own
+workdir: the same size (configs/sizes/tiny.gin unless --size), steps and
+data order for every variant, then whole-document evaluation of the test
+split. The table is laid out like the paper's (a row per variant, a column
+per corpus), as the mean over seeds with the seed-to-seed spread
+(max - min), and one loss-against-position plot per corpus.
+
+  bash scripts/prepare_data.sh data --tokenize bytes spm   # once
+  .venv/bin/python scripts/reproduce_table.py              # all of it
+  .venv/bin/python scripts/reproduce_table.py --corpora plays_bytes \\
+      --variants xl rec_fixed_skip --seeds 0 1 --steps 300
+
+Runs that finished are not repeated (their eval file is reused) and
+unfinished ones resume from their checkpoints, so the script can be stopped
+and started again. Results: <out>/table.md, <out>/results.json, <out>/*.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+CORPORA = {  # name -> (task gin file, the paper's column it stands in for)
+    "plays_bytes": ("tasks/gutenberg_plays_bytes.gin", "PG19 bytes"),
+    "plays_spm": ("tasks/gutenberg_plays_spm.gin", "PG19 tokens"),
+    "stdlib_bytes": ("tasks/stdlib_code_bytes.gin", "GitHub"),
+}
+VARIANTS = {  # gin variant file -> the paper's name
+    "xl": "XL:W", "xl_4w": "XL:4W", "slide": "Slide",
+    "rec_fixed_skip": "Rec:fixed:skip", "rec_lstm_dual": "Rec:lstm:dual",
+    "feedback_fixed_skip": "Feedback:fixed:skip", "rmt": "RMT",
+}
+
+
+def run_one(out, size, corpus, variant, seed, steps, extra):
+  """Trains and evaluates one run; returns its eval report."""
+  workdir = os.path.join(out, f"{corpus}-{variant}-s{seed}")
+  done = glob.glob(os.path.join(workdir, f"eval_test_{steps}.json"))
+  if done:
+    with open(done[0]) as f:
+      return json.load(f)
+  params = [f"TrainConfig.num_steps = {steps}", f"TrainConfig.seed = {seed}",
+            "TrainConfig.log_every = 50", "TrainConfig.eval_every = 0",
+            f"TrainConfig.checkpoint_every = {max(steps // 2, 1)}",
+            "TrainConfig.eval_batch_size = 6",
+            "TrainConfig.eval_segment_length = 1024",
+            "OptimizerConfig.warmup_steps = 50", *extra]
+  base = [sys.executable, "-m", "brt.main", f"--workdir={workdir}"]
+  gin = [f"--gin_file=sizes/{size}.gin", f"--gin_file=variants/{variant}.gin",
+         f"--gin_file={CORPORA[corpus][0]}"]
+  env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"),
+             TF_CPP_MIN_LOG_LEVEL="2")
+  start = time.time()
+  for args in ([*gin, "--mode=train", *(f"--gin_param={p}" for p in params)],
+               ["--mode=eval", "--eval_split=test"]):
+    result = subprocess.run(base + args, cwd=ROOT, env=env,
+                            capture_output=True, text=True)
+    if result.returncode:
+      raise RuntimeError(f"{workdir} failed:\n{result.stderr[-3000:]}")
+  print(f"  {corpus} {variant} seed {seed}: {time.time() - start:.0f} s",
+        flush=True)
+  with open(os.path.join(workdir, f"eval_test_{steps}.json")) as f:
+    return json.load(f)
+
+
+def summarise(reports):
+  """{metric: (mean, max - min)} over seeds."""
+  out = {}
+  for metric in ("bits_per_token", "bits_per_byte", "word_perplexity"):
+    values = np.array([r["metrics"][metric] for r in reports])
+    out[metric] = (float(values.mean()), float(values.max() - values.min()))
+  return out
+
+
+def table(results, corpora, variants, seeds):
+  lines = ["| model | " + " | ".join(
+      f"{CORPORA[c][1]} ({c}): bits/token | bits/byte | word ppl"
+      for c in corpora) + " |",
+           "|---|" + "---|---|---|" * len(corpora)]
+  for v in variants:
+    cells = []
+    for c in corpora:
+      s = results[c][v]
+      spread = lambda m, f: (f"{s[m][0]:{f}} ± {s[m][1]:{f}}"
+                             if len(seeds) > 1 else f"{s[m][0]:{f}}")
+      cells += [spread("bits_per_token", ".4f"), spread("bits_per_byte", ".4f"),
+                spread("word_perplexity", ".1f")]
+    lines.append(f"| {VARIANTS[v]} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawTextHelpFormatter)
+  parser.add_argument("--corpora", nargs="+", default=list(CORPORA),
+                      choices=list(CORPORA))
+  parser.add_argument("--variants", nargs="+", default=list(VARIANTS),
+                      choices=list(VARIANTS))
+  parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+  parser.add_argument("--steps", type=int, default=300)
+  parser.add_argument("--size", default="tiny")
+  parser.add_argument("--gin_param", action="append", default=[],
+                      help="extra binding for every run")
+  parser.add_argument("--out", default=os.path.join(ROOT, "workdirs",
+                                                    "reproduce"))
+  args = parser.parse_args()
+  missing = [v for v in args.variants
+             if not os.path.exists(os.path.join(ROOT, "configs", "variants",
+                                                f"{v}.gin"))]
+  if missing:
+    parser.error(f"no configs/variants/{missing[0]}.gin in this checkout")
+  os.makedirs(args.out, exist_ok=True)
+
+  from brt.evaluation import EvalResult, plot_loss_by_position
+  results = {}
+  for corpus in args.corpora:
+    results[corpus] = {}
+    curves = {}
+    for variant in args.variants:
+      reports = [run_one(args.out, args.size, corpus, variant, seed,
+                         args.steps, args.gin_param) for seed in args.seeds]
+      results[corpus][variant] = summarise(reports)
+      curves[VARIANTS[variant]] = EvalResult.from_json(reports[0])
+    plot_loss_by_position(
+        curves, os.path.join(args.out, f"loss_by_position_{corpus}.png"),
+        title=f"{CORPORA[corpus][1]} stand-in ({corpus}), test split, "
+        f"seed {args.seeds[0]}")
+  text = table(results, args.corpora, args.variants, args.seeds)
+  with open(os.path.join(args.out, "table.md"), "w") as f:
+    f.write(text + "\n")
+  with open(os.path.join(args.out, "results.json"), "w") as f:
+    json.dump({"steps": args.steps, "size": args.size, "seeds": args.seeds,
+               "results": results}, f, indent=1)
+  print(text)
+
+
+if __name__ == "__main__":
+  main()
