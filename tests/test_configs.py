@@ -87,3 +87,36 @@ def test_misspelt_names_get_suggestions():
     configurables.parse([], ["TrainConfg.batch_size = 3"])
   with pytest.raises(configurables.GinConfigError, match="sizes/tiny.gin"):
     configurables.parse(["sizes/tiny_typo.gin"])
+
+
+def count_params(model_config):
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from brt.model import BlockRecurrentTransformer
+  model = BlockRecurrentTransformer(model_config)
+  tokens = jnp.zeros((1, model_config.block_width), jnp.int32)
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), tokens,
+                          model.initial_carry(1))
+  return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(shapes))
+
+
+@pytest.mark.parametrize("corpus", ["pg19", "arxiv", "github"])
+def test_paper_experiments_are_the_150m_and_1_3b_models(corpus):
+  """Each experiment file is one command for a row of the paper's table."""
+  sizes = {}
+  for tag in ("150m", "1_3b"):
+    gin.clear_config()
+    model, train, opt = build([f"experiments/{corpus}_{tag}.gin"])
+    model.check_segment_length(train.segment_length)
+    assert model.recurrent_layers == ((10,) if tag == "150m" else (20,))
+    assert model.vocab_size == 32000 and opt.name == "adafactor"
+    sizes[tag] = count_params(model)
+  assert 120e6 < sizes["150m"] < 250e6, sizes
+  assert 1.1e9 < sizes["1_3b"] < 1.6e9, sizes
+  # Another row of the table: a variant file given after the experiment.
+  gin.clear_config()
+  model, train, _ = build([f"experiments/{corpus}_150m.gin",
+                           "variants/xl_4w.gin"])
+  assert model.recurrent_layers == () and model.block_width == 2048
+  model.check_segment_length(train.segment_length)
