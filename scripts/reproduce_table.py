@@ -14,7 +14,9 @@ per corpus), as the mean over seeds with the seed-to-seed spread
 
 Runs that finished are not repeated (their eval file is reused) and
 unfinished ones resume from their checkpoints, so the script can be stopped
-and started again. Results: <out>/table.md, <out>/results.json, <out>/*.png.
+and started again. Runs go seed by seed, and the table, JSON and plots are
+rewritten after each run (<out>/table.md, results.json, *.png), so a run
+cut short still leaves a table of what finished.
 """
 
 from __future__ import annotations
@@ -76,73 +78,48 @@ def run_one(out, size, corpus, variant, seed, steps, extra):
 
 
 def summarise(reports):
-  """{metric: (mean, max - min)} over seeds."""
-  out = {}
+  """{metric: (mean, max - min)} over seeds, and the number of seeds."""
+  out = {"seeds": len(reports)}
   for metric in ("bits_per_token", "bits_per_byte", "word_perplexity"):
     values = np.array([r["metrics"][metric] for r in reports])
     out[metric] = (float(values.mean()), float(values.max() - values.min()))
   return out
 
 
-def table(results, corpora, variants, seeds):
+def table(results, corpora, variants):
+  """Markdown, a row per variant; `mean ± spread` where there are seeds
+  enough for a spread."""
   lines = ["| model | " + " | ".join(
-      f"{CORPORA[c][1]} ({c}): bits/token | bits/byte | word ppl"
+      f"{CORPORA[c][1]} ({c}): bits/token | bits/byte | word ppl | seeds"
       for c in corpora) + " |",
-           "|---|" + "---|---|---|" * len(corpora)]
+           "|---|" + "---|---|---|---|" * len(corpora)]
   for v in variants:
     cells = []
     for c in corpora:
-      s = results[c][v]
-      spread = lambda m, f: (f"{s[m][0]:{f}} ± {s[m][1]:{f}}"
-                             if len(seeds) > 1 else f"{s[m][0]:{f}}")
-      cells += [spread("bits_per_token", ".4f"), spread("bits_per_byte", ".4f"),
-                spread("word_perplexity", ".1f")]
+      s = results.get(c, {}).get(v)
+      if s is None:
+        cells += ["–"] * 4
+        continue
+      fmt = lambda m, f: (f"{s[m][0]:{f}} ± {s[m][1]:{f}}" if s["seeds"] > 1
+                          else f"{s[m][0]:{f}}")
+      cells += [fmt("bits_per_token", ".4f"), fmt("bits_per_byte", ".4f"),
+                fmt("word_perplexity", ".1f"), str(s["seeds"])]
     lines.append(f"| {VARIANTS[v]} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawTextHelpFormatter)
-  parser.add_argument("--corpora", nargs="+", default=list(CORPORA),
-                      choices=list(CORPORA))
-  parser.add_argument("--variants", nargs="+", default=list(VARIANTS),
-                      choices=list(VARIANTS))
-  parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-  parser.add_argument("--steps", type=int, default=300)
-  parser.add_argument("--size", default="tiny")
-  parser.add_argument("--gin_param", action="append", default=[],
-                      help="extra binding for every run")
-  parser.add_argument("--out", default=os.path.join(ROOT, "workdirs",
-                                                    "reproduce"))
-  args = parser.parse_args()
-  missing = [v for v in args.variants
-             if not os.path.exists(os.path.join(ROOT, "configs", "variants",
-                                                f"{v}.gin"))]
-  if missing:
-    parser.error(f"no configs/variants/{missing[0]}.gin in this checkout")
-  os.makedirs(args.out, exist_ok=True)
-
-  from brt.evaluation import EvalResult, plot_loss_by_position
-  results = {}
-  for corpus in args.corpora:
-    results[corpus] = {}
-    curves = {}
-    for variant in args.variants:
-      reports = [run_one(args.out, args.size, corpus, variant, seed,
-                         args.steps, args.gin_param) for seed in args.seeds]
-      results[corpus][variant] = summarise(reports)
-      curves[VARIANTS[variant]] = EvalResult.from_json(reports[0])
-    plot_loss_by_position(
-        curves, os.path.join(args.out, f"loss_by_position_{corpus}.png"),
-        title=f"{CORPORA[corpus][1]} stand-in ({corpus}), test split, "
-        f"seed {args.seeds[0]}")
-  text = table(results, args.corpora, args.variants, args.seeds)
-  with open(os.path.join(args.out, "table.md"), "w") as f:
-    f.write(text + "\n")
-  with open(os.path.join(args.out, "results.json"), "w") as f:
-    json.dump({"steps": args.steps, "size": args.size, "seeds": args.seeds,
-               "results": results}, f, indent=1)
+def write_results(out, reports, args):
+  """The table, JSON and plots from the runs finished so far."""
+  # Seed-major: every variant's first seed comes before any second seed,
+  # so a run cut short still gives a whole table (with fewer seeds).
+  reports = {}
+  for seed in args.seeds:
+    for corpus in args.corpora:
+      for variant in args.variants:
+        reports.setdefault((corpus, variant), []).append(
+            run_one(args.out, args.size, corpus, variant, seed, args.steps,
+                    args.gin_param))
+        text = write_results(args.out, reports, args)
   print(text)
 
 
