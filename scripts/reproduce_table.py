@@ -110,6 +110,50 @@ def table(results, corpora, variants):
 
 def write_results(out, reports, args):
   """The table, JSON and plots from the runs finished so far."""
+  from brt.evaluation import EvalResult, plot_loss_by_position
+  results = {}
+  for corpus in args.corpora:
+    runs = {v: reports[corpus, v] for v in args.variants
+            if reports.get((corpus, v))}
+    if not runs:
+      continue
+    results[corpus] = {v: summarise(r) for v, r in runs.items()}
+    plot_loss_by_position(
+        {VARIANTS[v]: EvalResult.from_json(r[0]) for v, r in runs.items()},
+        os.path.join(out, f"loss_by_position_{corpus}.png"),
+        title=f"{CORPORA[corpus][1]} stand-in ({corpus}), test split, "
+        f"first seed")
+  text = table(results, args.corpora, args.variants)
+  with open(os.path.join(out, "table.md"), "w") as f:
+    f.write(text + "\n")
+  with open(os.path.join(out, "results.json"), "w") as f:
+    json.dump({"steps": args.steps, "size": args.size, "results": results},
+              f, indent=1)
+  return text
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawTextHelpFormatter)
+  parser.add_argument("--corpora", nargs="+", default=list(CORPORA),
+                      choices=list(CORPORA))
+  parser.add_argument("--variants", nargs="+", default=list(VARIANTS),
+                      choices=list(VARIANTS))
+  parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+  parser.add_argument("--steps", type=int, default=300)
+  parser.add_argument("--size", default="tiny")
+  parser.add_argument("--gin_param", action="append", default=[],
+                      help="extra binding for every run")
+  parser.add_argument("--out", default=os.path.join(ROOT, "workdirs",
+                                                    "reproduce"))
+  args = parser.parse_args()
+  missing = [v for v in args.variants
+             if not os.path.exists(os.path.join(ROOT, "configs", "variants",
+                                                f"{v}.gin"))]
+  if missing:
+    parser.error(f"no configs/variants/{missing[0]}.gin in this checkout")
+  os.makedirs(args.out, exist_ok=True)
+
   # Seed-major: every variant's first seed comes before any second seed,
   # so a run cut short still gives a whole table (with fewer seeds).
   reports = {}
