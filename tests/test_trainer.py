@@ -129,3 +129,16 @@ def test_train_config_errors_name_the_fix(tmp_path):
     make_trainer(tmp_path, 3, segment_length=12)
   with pytest.raises(ValueError, match="batch_size must be a positive"):
     TrainConfig(batch_size=0)
+
+
+def test_checkpoints_from_before_an_option_existed_stay_compatible():
+  import dataclasses
+  from brt.checkpoints import check_compatible
+  cfg = tiny_config(recurrent_layers=(1,))
+  saved = dataclasses.asdict(cfg)
+  for new_field in ("compressed_mem_factor", "read_recurrent_layers"):
+    del saved[new_field]
+  check_compatible(saved, cfg, "here")  # Missing fields had their defaults.
+  with pytest.raises(IncompatibleCheckpointError, match="compressed_mem_factor"):
+    check_compatible(saved, dataclasses.replace(cfg, compressed_mem_factor=2),
+                     "here")
