@@ -62,18 +62,19 @@ def _params(state):
 
 def test_resume_is_exact(tmp_path):
   """6 steps straight == 3 steps, a new trainer from the workdir, 3 more;
-  with dropout on, so the RNG must be restored too."""
+  with dropout and carry dropout on, so the RNG must be restored too."""
   docs = learnable_documents()
   model = tiny_config(block_width=8, recurrent_layers=(1,), dropout_rate=0.1)
-  straight = make_trainer(tmp_path / "a", 6, model=model)
+  rates = dict(cache_dropout=0.5, state_dropout=0.5)
+  straight = make_trainer(tmp_path / "a", 6, model=model, **rates)
   state_a = straight.train(batches(docs))
   straight.close()
 
-  first = make_trainer(tmp_path / "b", 6, model=model)
+  first = make_trainer(tmp_path / "b", 6, model=model, **rates)
   first.train(batches(docs), until_step=3)
   first.close()
   assert first.checkpointer.all_steps() == [3]
-  second = make_trainer(tmp_path / "b", 6, model=model)
+  second = make_trainer(tmp_path / "b", 6, model=model, **rates)
   state_b = second.train(batches(docs))  # A fresh iterator: position restored.
   second.close()
 
