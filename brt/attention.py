@@ -18,22 +18,42 @@ import numpy as np
 _MASKED = -1e30
 
 
-def window_mask(block_width: int) -> np.ndarray:
-  """(W, 2W) bool: query i of a block sees cached keys 0..W-1 and block keys 0..i.
+def key_positions(block_width: int, compressed_slots: int = 0,
+                  compression_factor: int = 1) -> np.ndarray:
+  """(C + 2W,) positions of the window's keys, 0 = the previous block's first.
 
-  Keys are laid out as [previous block (W), this block (W)], so query i sits
-  at key position W + i and sees every key j <= W + i: between W and 2W - 1
-  earlier tokens, plus itself.
+  Keys are laid out as [compressed memory (C), previous block (W), this block
+  (W)]. Compressed slot j of C (oldest first) stands for the c tokens
+  -(C - j) * c .. -(C - j) * c + c - 1 that were compressed into it: it sits
+  at their (rounded-down) centre, so its relative position (bias bucket or
+  rotary angle) follows its distance to the query like a raw token's.
+  """
+  c = compression_factor
+  slots = np.arange(compressed_slots)
+  compressed = -(compressed_slots - slots) * c + (c - 1) // 2
+  return np.concatenate([compressed, np.arange(2 * block_width)])
+
+
+def window_mask(block_width: int, compressed_slots: int = 0,
+                compression_factor: int = 1) -> np.ndarray:
+  """(W, C + 2W) bool: query i of a block sees the compressed memory, cached
+  keys 0..W-1 and block keys 0..i.
+
+  Query i sits at position W + i and sees every key at or before it:
+  between W and 2W - 1 earlier tokens, plus itself (and the compressed
+  memory, always before the window; which slots hold anything is a per-row
+  mask applied separately).
   """
   q = np.arange(block_width)[:, None] + block_width
-  k = np.arange(2 * block_width)[None, :]
+  k = key_positions(block_width, compressed_slots, compression_factor)[None, :]
   return k <= q
 
 
-def window_distances(block_width: int) -> np.ndarray:
-  """(W, 2W) int: query position minus key position (clipped at 0)."""
+def window_distances(block_width: int, compressed_slots: int = 0,
+                     compression_factor: int = 1) -> np.ndarray:
+  """(W, C + 2W) int: query position minus key position (clipped at 0)."""
   q = np.arange(block_width)[:, None] + block_width
-  k = np.arange(2 * block_width)[None, :]
+  k = key_positions(block_width, compressed_slots, compression_factor)[None, :]
   return np.maximum(q - k, 0)
 
 
@@ -76,7 +96,7 @@ def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
 
 def attend(query: jax.Array, key: jax.Array, value: jax.Array, *,
            scale: jax.Array | float, bias: jax.Array | None = None,
-           mask: jax.Array | None = None) -> jax.Array:
+           mask: jax.Array | None = None, impl: str = "einsum") -> jax.Array:
   """Multi-head (or multi-query) dot-product attention.
 
   Args:
@@ -85,9 +105,14 @@ def attend(query: jax.Array, key: jax.Array, value: jax.Array, *,
     scale: a scalar, or (H,) per-head scales (normalised queries/keys).
     bias: added to the logits, broadcastable to (B, H, Q, K).
     mask: bool, True where a key is visible, broadcastable to (B, H, Q, K).
+      Every query must see at least one key.
+    impl: "einsum" (below, the reference) or "dot_product_attention".
   Returns:
     (B, Q, H, k) in the query's dtype.
   """
+  if impl == "dot_product_attention":
+    return _dot_product_attention(query, key, value, scale=scale, bias=bias,
+                                  mask=mask)
   b, q_len, heads, k_size = query.shape
   groups = key.shape[2]
   per_group = heads // groups
@@ -116,3 +141,34 @@ def attend(query: jax.Array, key: jax.Array, value: jax.Array, *,
   weights = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
   out = jnp.einsum("bgnqk,bkgd->bqgnd", weights, value)
   return out.reshape(b, q_len, heads, k_size)
+
+
+def _dot_product_attention(query, key, value, *, scale, bias, mask):
+  """`attend` through jax.nn.dot_product_attention.
+
+  That function takes grouped key/value heads itself (query head n uses
+  key/value head n // (H / G), as `attend` does), one scalar scale, and 4-D
+  bias and mask broadcastable to (B, H, Q, K). `implementation=None` lets jax
+  pick the kernel (XLA's on CPU); the cuDNN flash kernel needs
+  implementation="cudnn" in jax 0.10, 16-bit inputs and a GPU.
+  """
+  if not isinstance(scale, (int, float)):
+    # Learned per-head scales: fold them into the queries -- the logits are
+    # linear in the query, so (q * s) . k == s * (q . k).
+    per_head = jnp.broadcast_to(jnp.asarray(scale, jnp.float32),
+                                (query.shape[2],))
+    query = (query.astype(jnp.float32)
+             * per_head[None, None, :, None]).astype(query.dtype)
+    scale = 1.0
+
+  def as_4d(x):
+    x = jnp.asarray(x)
+    return x.reshape((1,) * (4 - x.ndim) + x.shape)
+
+  dtype = query.dtype
+  out = jax.nn.dot_product_attention(
+      query, key.astype(dtype), value.astype(dtype),
+      bias=None if bias is None else as_4d(bias).astype(jnp.float32),
+      mask=None if mask is None else as_4d(mask),
+      scale=scale, implementation=None)
+  return out.astype(dtype)

@@ -21,7 +21,7 @@ from brt.config import ModelConfig
 
 # Settings that may change between a checkpoint and the run that resumes it:
 # they change how the model is run, not what its parameters or carry are.
-RUNTIME_ONLY_FIELDS = ("dropout_rate", "remat")
+RUNTIME_ONLY_FIELDS = ("dropout_rate", "remat", "attention_impl")
 
 
 class IncompatibleCheckpointError(ValueError):
@@ -88,8 +88,12 @@ class Checkpointer:
 
 def check_compatible(saved: dict, config: ModelConfig, where: str) -> None:
   current = dataclasses.asdict(config)
-  differ = {k: (saved.get(k), v) for k, v in current.items()
-            if k not in RUNTIME_ONLY_FIELDS and _norm(saved.get(k)) != _norm(v)}
+  # A field the checkpoint does not name was added since it was written, as
+  # an option that is off by default: the checkpoint's model had the default.
+  defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+  saved = {k: saved.get(k, defaults[k]) for k in current}
+  differ = {k: (saved[k], v) for k, v in current.items()
+            if k not in RUNTIME_ONLY_FIELDS and _norm(saved[k]) != _norm(v)}
   if differ:
     listing = "; ".join(f"{k}: checkpoint {a!r}, this run {b!r}"
                         for k, (a, b) in sorted(differ.items()))

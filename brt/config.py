@@ -17,6 +17,8 @@ GATE_VARIANTS = ("skip", "single", "dual")
 POSITIONS = ("t5", "rotary")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 ACTIVATIONS = ("gelu", "relu", "swish")
+ATTENTION_IMPLS = ("einsum", "dot_product_attention")
+COMPRESSIONS = ("conv", "mean")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,9 +47,27 @@ class ModelConfig:
   # Feedback: every non-recurrent layer also cross-attends to the state that
   # the (last) recurrent layer carried in from the previous block.
   feedback: bool = False
+  # Read/write placement (the PyTorch port's `read_recurrent_layers`): empty,
+  # each recurrent layer's tokens read its own state; else one layer per
+  # entry of recurrent_layers, read_recurrent_layers[n] <= recurrent_layers[n]
+  # (paired in the order given), whose tokens read the state that
+  # recurrent_layers[n] writes -- the state from the previous block, since
+  # the current block's is written only after its tokens went through the
+  # stack. A writer that is not its own reader only updates the state.
+  # `feedback` is the special case "every layer reads".
+  read_recurrent_layers: tuple[int, ...] = ()
   # True: the previous block's keys/values are carried across segments (XL).
   # False: the cache is reset at every segment start ("Slide").
   cache_across_segments: bool = True
+  # Compressed memories (Compressive Transformer, arXiv 1911.05507): 0 = off;
+  # c > 0: each block of keys/values leaving a layer's cache is compressed by
+  # c ("conv": a learned stride-c projection per key/value head; "mean":
+  # average of c neighbours) into a FIFO of compressed_mem_slots slots
+  # (None: block_width // c, one compressed block) that later tokens attend
+  # to, before the cache. Part of the carry: reset like the cache.
+  compressed_mem_factor: int = 0
+  compressed_mem_slots: int | None = None
+  compression: str = "conv"
   # Positions: T5 relative bias (default) or rotary; never absolute.
   position: str = "t5"
   num_position_buckets: int = 32
@@ -56,6 +76,10 @@ class ModelConfig:
   # Attention options.
   multi_query: bool = False  # One key/value head shared by all query heads.
   qk_norm: bool = False  # L2-normalised queries/keys with a learned scale.
+  # Attention kernel: "einsum" (the plain reference path) or
+  # "dot_product_attention" (jax.nn.dot_product_attention; the cuDNN flash
+  # kernel on GPUs where it applies, XLA elsewhere). Same results.
+  attention_impl: str = "einsum"
   # Everything else.
   mlp_activation: str = "gelu"
   dropout_rate: float = 0.0
@@ -66,8 +90,17 @@ class ModelConfig:
   def __post_init__(self):
     # Gin and JSON give lists; the dataclass is frozen and hashable, so keep
     # a sorted tuple.
-    object.__setattr__(self, "recurrent_layers",
-                       tuple(sorted(int(i) for i in self.recurrent_layers)))
+    # read_recurrent_layers pairs with recurrent_layers in the order given:
+    # sort the pairs together.
+    writes = tuple(int(i) for i in self.recurrent_layers)
+    reads = tuple(int(i) for i in self.read_recurrent_layers)
+    if reads and len(reads) == len(writes):
+      pairs = sorted(zip(writes, reads))
+      writes, reads = tuple(w for w, _ in pairs), tuple(r for _, r in pairs)
+    else:
+      writes = tuple(sorted(writes))
+    object.__setattr__(self, "recurrent_layers", writes)
+    object.__setattr__(self, "read_recurrent_layers", reads)
     self._validate()
 
   # -- derived sizes ---------------------------------------------------------
@@ -92,8 +125,28 @@ class ModelConfig:
     """The recurrent layer whose state feedback layers read, or None."""
     return self.recurrent_layers[-1] if self.feedback else None
 
+  @property
+  def compressed_slots(self) -> int:
+    """Compressed-memory slots per layer (0 when the option is off)."""
+    if not self.compressed_mem_factor:
+      return 0
+    if self.compressed_mem_slots is not None:
+      return self.compressed_mem_slots
+    return self.block_width // self.compressed_mem_factor
+
+  def state_read_by(self, layer: int) -> int | None:
+    """The recurrent layer whose state `layer`'s tokens read, or None."""
+    if self.read_recurrent_layers:
+      for read, write in zip(self.read_recurrent_layers, self.recurrent_layers):
+        if read == layer:
+          return write
+      return None
+    if layer in self.recurrent_layers:
+      return layer
+    return self.feedback_source
+
   def layer_reads_state(self, layer: int) -> bool:
-    return layer in self.recurrent_layers or self.feedback
+    return self.state_read_by(layer) is not None
 
   # -- validation ------------------------------------------------------------
   def _validate(self):
@@ -121,7 +174,9 @@ class ModelConfig:
       fail(f"recurrent_layers {self.recurrent_layers} has duplicates.")
     choices = (("gate", GATES), ("gate_variant", GATE_VARIANTS),
                ("position", POSITIONS), ("dtype", tuple(DTYPES)),
-               ("mlp_activation", ACTIVATIONS))
+               ("mlp_activation", ACTIVATIONS),
+               ("attention_impl", ATTENTION_IMPLS),
+               ("compression", COMPRESSIONS))
     for name, allowed in choices:
       if getattr(self, name) not in allowed:
         fail(f"{name}={getattr(self, name)!r} is not one of {allowed}.")
@@ -130,6 +185,44 @@ class ModelConfig:
            "set recurrent_layers, e.g. (num_layers - 2,).")
     if not 0.0 <= self.dropout_rate < 1.0:
       fail(f"dropout_rate must be in [0, 1), got {self.dropout_rate}.")
+    self._validate_read_layers(fail)
+    self._validate_compression(fail)
+
+  def _validate_read_layers(self, fail):
+    reads, writes = self.read_recurrent_layers, self.recurrent_layers
+    if not reads:
+      return
+    if self.feedback:
+      fail("feedback=True already makes every layer read the state; set "
+           "read_recurrent_layers=() or feedback=False.")
+    if len(reads) != len(writes):
+      fail(f"read_recurrent_layers {reads} needs one reader per recurrent "
+           f"layer {writes} (same length, paired in order).")
+    for read, write in zip(reads, writes):
+      if not 0 <= read <= write:
+        fail(f"read_recurrent_layers: layer {read} cannot read the state of "
+             f"recurrent layer {write}; a reader must be in 0..{write} (at or "
+             "below its writer, reading the previous block's state).")
+    if len(set(reads)) != len(reads):
+      fail(f"read_recurrent_layers {reads}: a layer reads at most one state; "
+           "give each recurrent layer its own reader.")
+    for read, write in zip(reads, writes):
+      if read != write and read in writes:
+        fail(f"layer {read} writes a state of its own and cannot also read "
+             f"layer {write}'s; choose another reader for layer {write}.")
+
+  def _validate_compression(self, fail):
+    c = self.compressed_mem_factor
+    if not isinstance(c, int) or c < 0:
+      fail(f"compressed_mem_factor must be 0 (off) or a positive integer, "
+           f"got {c!r}.")
+    if c and self.block_width % c:
+      fail(f"compressed_mem_factor={c} must divide block_width="
+           f"{self.block_width} (a block is compressed into W / c slots).")
+    slots = self.compressed_mem_slots
+    if slots is not None and (not isinstance(slots, int) or slots <= 0):
+      fail(f"compressed_mem_slots must be a positive integer or None "
+           f"(block_width // compressed_mem_factor), got {slots!r}.")
 
   def check_segment_length(self, length: int) -> int:
     """Returns the number of blocks in a segment, or explains the mismatch."""

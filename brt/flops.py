@@ -15,17 +15,23 @@ def forward_flops_per_block(cfg: ModelConfig, batch: int = 1) -> int:
   """Matmul FLOPs of one block step (W tokens) plus their unembedding."""
   d, h, k, g = cfg.d_model, cfg.num_heads, cfg.head_size, cfg.num_kv_heads
   w, s, m, v = cfg.block_width, cfg.num_states, cfg.mlp_size, cfg.vocab_size
+  c = cfg.compressed_slots  # Compressed-memory keys before the window.
 
   def mlp(rows):
     return rows * 2 * 2 * d * m
 
   plain = (w * 2 * d * h * k          # queries
            + w * 2 * d * 2 * g * k    # keys/values
-           + w * 4 * h * k * (2 * w)  # logits and weighted values, 2W keys
+           + w * 4 * h * k * (c + 2 * w)  # logits, weighted values: C+2W keys
            + w * 2 * h * k * d        # output projection
            + mlp(w))
+  if c and cfg.compression == "conv":
+    # The block leaving the cache: W / c slots, each a (c k) x k projection
+    # per key/value head, for keys and values.
+    plain += 2 * (w // cfg.compressed_mem_factor) * g * 2 * (
+        cfg.compressed_mem_factor * k) * k
+  state_kv = s * 2 * d * 2 * g * k  # state keys/values (readers and writers)
   reads_state = (w * 2 * d * h * k    # token->state queries
-                 + s * 2 * d * 2 * g * k  # state keys/values
                  + w * 4 * h * k * s  # token->state attention
                  + w * 2 * h * k * d)  # wider output projection
   gate = 2 * s * d * 3 * d if cfg.gate == "lstm" else 0
@@ -44,6 +50,8 @@ def forward_flops_per_block(cfg: ModelConfig, batch: int = 1) -> int:
     total += plain
     if cfg.layer_reads_state(layer):
       total += reads_state
+    if cfg.layer_reads_state(layer) or layer in cfg.recurrent_layers:
+      total += state_kv
     if layer in cfg.recurrent_layers:
       total += state_update
   return batch * total

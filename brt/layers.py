@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from brt import attention
+from brt import attention, compressed_memory
 from brt.config import ModelConfig
 
 Array = jax.Array
@@ -93,8 +93,8 @@ def make_gate(config: ModelConfig) -> nn.Module:
 
 
 class RelativePositionBias(nn.Module):
-  """T5 relative-position bias for the (W, 2W) window: a learned scalar per
-  head and distance bucket. Computed once per segment, outside the scan."""
+  """T5 relative-position bias for the (W, C + 2W) window: a learned scalar
+  per head and distance bucket. Computed once per segment, outside the scan."""
   config: ModelConfig
 
   @nn.compact
@@ -105,9 +105,10 @@ class RelativePositionBias(nn.Module):
             nn.initializers.normal(0.02), (None, "heads")),
         (cfg.num_position_buckets, cfg.num_heads))
     buckets = attention.relative_position_buckets(
-        attention.window_distances(cfg.block_width), cfg.num_position_buckets,
-        cfg.max_position_distance)
-    return jnp.transpose(table[buckets], (2, 0, 1))  # (H, W, 2W)
+        attention.window_distances(cfg.block_width, cfg.compressed_slots,
+                                   cfg.compressed_mem_factor),
+        cfg.num_position_buckets, cfg.max_position_distance)
+    return jnp.transpose(table[buckets], (2, 0, 1))  # (H, W, C + 2W)
 
 
 class TransformerLayer(nn.Module):
@@ -120,6 +121,12 @@ class TransformerLayer(nn.Module):
     "feedback"; once the block is complete, the state reads itself and the
     block's tokens with the same keys/values but its own queries, and is
     updated through a gate.
+  kind "writer": a recurrent cell whose state another (earlier) layer reads
+    (read_recurrent_layers): it updates the state, its tokens do not read it.
+
+  With compressed memories, the keys before the cache are the layer's
+  compressed memory, and `push_compressed` compresses the block leaving the
+  cache into it.
 
   The token path (`tokens`) takes any run of T tokens starting at `offset`
   within the current block, so the same code serves training (the whole block
@@ -127,12 +134,20 @@ class TransformerLayer(nn.Module):
   (`update_state`) runs once per completed block in both.
   """
   config: ModelConfig
-  kind: str  # "plain", "feedback" or "recurrent"
+  kind: str  # "plain", "feedback", "recurrent" or "writer"
+
+  @property
+  def tokens_read_state(self) -> bool:
+    return self.kind in ("feedback", "recurrent")
+
+  @property
+  def writes_state(self) -> bool:
+    return self.kind in ("recurrent", "writer")
 
   def setup(self):
     cfg = self.config
     dt = cfg.compute_dtype
-    reads_state = self.kind != "plain"
+    reads_state = self.tokens_read_state
     num_q = 2 if reads_state else 1  # Self-attention (+ token->state) queries.
     heads = ("embed", None, "heads", "kv")
     kv_heads = ("embed", None, "kv_heads", "kv")
@@ -147,12 +162,15 @@ class TransformerLayer(nn.Module):
     self.mlp = Mlp(cfg)
     self.dropout = nn.Dropout(cfg.dropout_rate)
     self.scale_self = self._attention_scale("scale_self")
-    if reads_state:
+    if self.kind != "plain":  # Every reader and writer projects the state.
       self.ln_state = layer_norm()
       self.kv_state = dense((2, cfg.num_kv_heads, cfg.head_size), kv_heads,
                             dtype=dt, use_bias=False)
+    if reads_state:
       self.scale_read = self._attention_scale("scale_read")
-    if self.kind == "recurrent":
+    if cfg.compressed_mem_factor and cfg.compression == "conv":
+      self.compressor = compressed_memory.Compressor(cfg)
+    if self.writes_state:
       # State IDs: a learned position per state vector, so that the state
       # vectors (which have no order) can specialise.
       self.state_ids = self.param(
@@ -185,12 +203,31 @@ class TransformerLayer(nn.Module):
   def _attend(self, q, k, v, scale, **kw):
     if self.config.qk_norm:
       q, k = attention.l2_normalize(q), attention.l2_normalize(k)
-    return attention.attend(q, k, v, scale=scale, **kw)
+    return attention.attend(q, k, v, scale=scale,
+                            impl=self.config.attention_impl, **kw)
+
+  def push_compressed(self, memory: dict[str, Array], leaving: dict[str, Array],
+                      prefix_visible: Array) -> dict[str, Array]:
+    """The compressed memory after the cached block `leaving` left the cache.
+
+    Args:
+      memory: {"k", "v"}: (B, C, G, k). leaving: {"k", "v"}: (B, W, G, k).
+      prefix_visible: (B, C + W), the visibility of [memory, leaving].
+    """
+    cfg = self.config
+    slots = cfg.compressed_slots
+    if cfg.compression == "conv":
+      compressed = self.compressor(leaving)
+    else:
+      compressed = compressed_memory.mean_pool(leaving, cfg.compressed_mem_factor)
+    return {name: compressed_memory.push(
+        memory[name], prefix_visible[:, :slots], compressed[name],
+        prefix_visible[:, slots]) for name in ("k", "v")}
 
   def read_state(self, state: Array):
     """Normalised state and its keys/values, shared by every reader of it."""
     hs = self.ln_state(state)
-    if self.kind == "recurrent":
+    if self.writes_state:
       hs = hs + self.state_ids
     hs = hs.astype(self.config.compute_dtype)
     kv = self.kv_state(hs)
@@ -202,18 +239,23 @@ class TransformerLayer(nn.Module):
              deterministic: bool):
     """The vertical direction, for T tokens at positions offset.. of a block.
 
+    P = C + W keys come before the current block: the compressed memory (C
+    slots, none unless compressed_mem_factor) and the previous block.
+
     Args:
       x: (B, T, d) token activations.
-      window_kv: decoding: {"k", "v"}: (B, 2W, G, k), the previous block's
-        keys/values then the current block's so far; these T tokens' are
-        written at W + offset. None in training, where x is the whole block
-        (offset 0, T = W) and the window is [prev, this block].
-      prev: training: {"k", "v"}: (B, W, G, k) keys/values of the previous
-        block; None when decoding.
-      prev_visible: (B,) bool, False where the previous block must be
-        ignored (first block of a document, or of a segment in "Slide").
-      window: block-invariant constants: "mask" (W, 2W), "bias" (H, W, 2W) or
-        None, "sin"/"cos" rotary tables for the 2W window positions or None.
+      window_kv: decoding: {"k", "v"}: (B, P + W, G, k), the keys/values
+        before the block then the current block's so far; these T tokens'
+        are written at P + offset. None in training, where x is the whole
+        block (offset 0, T = W) and the window is [prev, this block].
+      prev: training: {"k", "v"}: (B, P, G, k) keys/values before the block;
+        None when decoding.
+      prev_visible: (B, P) bool, False where a key before the block must be
+        ignored (first block of a document, or of a segment in "Slide";
+        compressed slots not filled yet).
+      window: block-invariant constants: "mask" (W, P + W), "bias"
+        (H, W, P + W) or None, "sin"/"cos" rotary tables for the window's
+        key positions or None.
       state_kv: `read_state` of the state carried in from the previous block
         (recurrent and feedback kinds), else None.
     Returns:
@@ -233,22 +275,24 @@ class TransformerLayer(nn.Module):
       v_win = jnp.concatenate([prev["v"], new["v"]], axis=1).astype(dt)
     else:
       # Written in place: no per-token copy of the window.
+      before = window_kv["k"].shape[1] - w
       new = {name: jax.lax.dynamic_update_slice_in_dim(
           window_kv[name], kv[:, :, i].astype(window_kv[name].dtype),
-          w + offset, axis=1) for i, name in enumerate("kv")}
+          before + offset, axis=1) for i, name in enumerate("kv")}
       k_win, v_win = new["k"].astype(dt), new["v"].astype(dt)
     q_self = q[:, :, 0]
     rows = lambda table, axis: jax.lax.dynamic_slice_in_dim(
         table, offset, length, axis=axis)
     if window["sin"] is not None:
       sin, cos = window["sin"], window["cos"]
-      q_self = attention.apply_rotary(q_self, rows(sin[w:], 0), rows(cos[w:], 0))
+      # Queries are the window's last W positions.
+      q_self = attention.apply_rotary(q_self, rows(sin[-w:], 0),
+                                      rows(cos[-w:], 0))
       k_win = attention.apply_rotary(k_win, sin, cos)
-    # The first W keys are the previous block: hide them in rows without one.
-    visible = jnp.concatenate(
-        [jnp.broadcast_to(prev_visible[:, None], (batch, w)),
-         jnp.ones((batch, w), bool)], axis=1)
-    mask = rows(window["mask"], 0)[None] & visible[:, None, :]  # (B, T, 2W)
+    # Hide the keys before the block in rows where they hold nothing.
+    visible = jnp.concatenate([prev_visible, jnp.ones((batch, w), bool)],
+                              axis=1)
+    mask = rows(window["mask"], 0)[None] & visible[:, None, :]  # (B, T, P+W)
     bias = None if window["bias"] is None else rows(window["bias"], 1)
     outs = [self._attend(q_self, k_win, v_win, self.scale_self, bias=bias,
                          mask=mask[:, None])]
@@ -289,13 +333,32 @@ class TransformerLayer(nn.Module):
         new_state = self.gate_mlp(new_state, m)
     return new_state
 
-  def __call__(self, x, prev, prev_visible, window, state, deterministic):
-    """A whole block (training): returns (x, this block's keys/values, new
-    state or None). `state` is the state this layer reads (already reset in
-    rows that start a document), or None for plain layers."""
+  def __call__(self, x, prev, prev_visible, window, state, deterministic,
+               compressed=None):
+    """A whole block (training).
+
+    Args:
+      prev: {"k", "v"}: (B, W, G, k), the previous block's keys/values.
+      prev_visible: (B, C + W) bool, see `tokens`.
+      state: the state this layer reads or writes (already reset in rows
+        that start a document), or None for plain layers.
+      compressed: {"k", "v"}: (B, C, G, k), the compressed memory, or None.
+    Returns:
+      (x, this block's keys/values, new state or None, new compressed memory
+      or None).
+    """
     state_kv = None if state is None else self.read_state(state)
-    x, block = self.tokens(x, None, prev, prev_visible, 0, window, state_kv,
+    before = prev
+    if compressed is not None:
+      before = {n: jnp.concatenate([compressed[n], prev[n]], axis=1)
+                for n in ("k", "v")}
+    x, block = self.tokens(x, None, before, prev_visible, 0, window,
+                           state_kv if self.tokens_read_state else None,
                            deterministic)
-    if self.kind != "recurrent":
-      return x, block, None
-    return x, block, self.update_state(state, state_kv, block, deterministic)
+    new_compressed = None
+    if compressed is not None:
+      new_compressed = self.push_compressed(compressed, prev, prev_visible)
+    new_state = None
+    if self.writes_state:
+      new_state = self.update_state(state, state_kv, block, deterministic)
+    return x, block, new_state, new_compressed

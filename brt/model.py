@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from brt import attention
+from brt import attention, compressed_memory
 from brt.config import ModelConfig
 from brt.layers import RelativePositionBias, TransformerLayer, dense, layer_norm
 
@@ -26,9 +26,10 @@ Carry = dict[str, Any]
 
 
 def layer_kind(config: ModelConfig, layer: int) -> str:
+  reads = config.state_read_by(layer)
   if layer in config.recurrent_layers:
-    return "recurrent"
-  return "feedback" if config.feedback else "plain"
+    return "recurrent" if reads == layer else "writer"
+  return "plain" if reads is None else "feedback"
 
 
 def initial_carry(config: ModelConfig, batch_size: int) -> Carry:
@@ -41,12 +42,15 @@ def initial_carry(config: ModelConfig, batch_size: int) -> Carry:
   kv_shape = (batch_size, config.block_width, config.num_kv_heads,
               config.head_size)
   kv = lambda: jnp.zeros(kv_shape, config.compute_dtype)
-  return {
+  carry = {
       "cache": tuple({"k": kv(), "v": kv()} for _ in range(config.num_layers)),
       "state": tuple(jnp.zeros((batch_size, config.num_states, config.d_model),
                                jnp.float32) for _ in config.recurrent_layers),
       "valid": jnp.zeros((batch_size,), bool),
   }
+  if config.compressed_slots:
+    carry["compressed"] = compressed_memory.initial(config, batch_size)
+  return carry
 
 
 class BlockStep(nn.Module):
@@ -79,32 +83,59 @@ class BlockStep(nn.Module):
             for layer, initial, state in zip(
                 self.config.recurrent_layers, self.initial_states, states)}
 
-  def _state_read_by(self, i, states):
-    cfg = self.config
+  def _state_of(self, i, states):
+    """The state layer i writes, else the one its tokens read, else None.
+
+    Always a state carried in from the previous block: a layer reading a
+    later layer's state never sees the current block's tokens through it.
+    """
     if i in states:
       return states[i]
-    return states[cfg.feedback_source] if cfg.feedback else None
+    source = self.config.state_read_by(i)
+    return None if source is None else states[source]
+
+  def _prefix_visible(self, cache_visible, compressed_valid):
+    """(B, C + W): which keys before the block each row may see."""
+    w = self.config.block_width
+    visible = jnp.broadcast_to(cache_visible[:, None],
+                               (cache_visible.shape[0], w))
+    if compressed_valid is None:
+      return visible
+    return jnp.concatenate([compressed_valid, visible], axis=1)
 
   def __call__(self, carry: Carry, inputs, window, deterministic: bool):
     cfg = self.config
     x, reset_cache, reset_state = inputs  # (B, W, d), (B,), (B,)
     cache_visible = carry["valid"] & ~reset_cache
+    compressed = carry.get("compressed")
+    compressed_valid = None
+    if compressed is not None:
+      # The compressed memory is reset with the cache.
+      compressed_valid = compressed["valid"] & cache_visible[:, None]
+    prefix_visible = self._prefix_visible(cache_visible, compressed_valid)
     states = self._start_states(carry["state"], ~carry["valid"] | reset_state)
     new_states = dict(states)
-    new_cache = []
+    new_cache, new_memory = [], []
     for i in range(cfg.num_layers):
-      x, kv, new_state = self._layer(i)(
-          x, carry["cache"][i], cache_visible, _layer_window(window, i),
-          self._state_read_by(i, states), deterministic)
+      x, kv, new_state, memory = self._layer(i)(
+          x, carry["cache"][i], prefix_visible, _layer_window(window, i),
+          self._state_of(i, states), deterministic,
+          None if compressed is None else compressed["memory"][i])
       new_cache.append(kv)
+      new_memory.append(memory)
       if new_state is not None:
         new_states[i] = new_state
-    carry = {
+    new_carry = {
         "cache": tuple(new_cache),
         "state": tuple(new_states[i] for i in cfg.recurrent_layers),
         "valid": jnp.ones_like(carry["valid"]),
     }
-    return carry, x
+    if compressed is not None:
+      new_carry["compressed"] = {
+          "memory": tuple(new_memory),
+          "valid": compressed_memory.push_visible(compressed_valid,
+                                                  cache_visible, cfg)}
+    return new_carry, x
 
   # -- incremental decoding ---------------------------------------------------
   def begin_block(self, dec: Carry) -> Carry:
@@ -113,7 +144,7 @@ class BlockStep(nn.Module):
     cfg = self.config
     states = self._start_states(dec["state"], ~dec["valid"])
     reads = tuple(
-        None if (s := self._state_read_by(i, states)) is None
+        None if (s := self._state_of(i, states)) is None
         else self._layer(i).read_state(s) for i in range(cfg.num_layers))
     return dict(dec, state=tuple(states[i] for i in cfg.recurrent_layers),
                 reads=reads, offset=jnp.zeros((), jnp.int32))
@@ -121,10 +152,15 @@ class BlockStep(nn.Module):
   def decode(self, x, dec: Carry, window):
     """T tokens' activations (B, T, d) at dec["offset"] of the current block."""
     windows = []
+    prefix_visible = self._prefix_visible(dec["valid"],
+                                          dec.get("compressed_valid"))
     for i in range(self.config.num_layers):
-      x, kv = self._layer(i).tokens(
-          x, dec["window"][i], None, dec["valid"], dec["offset"],
-          _layer_window(window, i), dec["reads"][i], deterministic=True)
+      layer = self._layer(i)
+      x, kv = layer.tokens(
+          x, dec["window"][i], None, prefix_visible, dec["offset"],
+          _layer_window(window, i),
+          dec["reads"][i] if layer.tokens_read_state else None,
+          deterministic=True)
       windows.append(kv)
     offset = dec["offset"] + x.shape[1]
     return x, dict(dec, window=tuple(windows), offset=offset)
@@ -133,21 +169,37 @@ class BlockStep(nn.Module):
     """The block is complete: update the states, and slide every layer's
     window by a block (the current block becomes the previous one)."""
     cfg = self.config
-    w = cfg.block_width
-    block = [{k: v[:, w:] for k, v in kv.items()} for kv in dec["window"]]
+    w, slots = cfg.block_width, cfg.compressed_slots
+    block = [{k: v[:, -w:] for k, v in kv.items()} for kv in dec["window"]]
     states = tuple(
         self._layer(i).update_state(s, dec["reads"][i], block[i],
                                     deterministic=True)
         for i, s in zip(cfg.recurrent_layers, dec["state"]))
-    dec = dict(dec, window=tuple(_window_after(kv) for kv in block),
+    memory = [None] * cfg.num_layers
+    if slots:
+      # The previous block leaves the window: compress it into the memory.
+      prefix_visible = self._prefix_visible(dec["valid"],
+                                            dec["compressed_valid"])
+      memory = [self._layer(i).push_compressed(
+          {k: v[:, :slots] for k, v in kv.items()},
+          {k: v[:, slots:slots + w] for k, v in kv.items()}, prefix_visible)
+                for i, kv in enumerate(dec["window"])]
+      dec = dict(dec, compressed_valid=compressed_memory.push_visible(
+          dec["compressed_valid"], dec["valid"], cfg))
+    dec = dict(dec, window=tuple(_window_after(kv, m)
+                                 for kv, m in zip(block, memory)),
                state=states, valid=jnp.ones_like(dec["valid"]))
     return self.begin_block(dec)
 
 
-def _window_after(prev: dict[str, Array]) -> dict[str, Array]:
-  """A decoding window (B, 2W, G, k): `prev` then room for the next block."""
-  return {k: jnp.concatenate([v, jnp.zeros_like(v)], axis=1)
-          for k, v in prev.items()}
+def _window_after(prev: dict[str, Array],
+                  compressed: dict[str, Array] | None = None
+                  ) -> dict[str, Array]:
+  """A decoding window (B, C + 2W, G, k): the compressed memory (if any),
+  `prev`, then room for the next block."""
+  return {k: jnp.concatenate(
+      ([] if compressed is None else [compressed[k]])
+      + [v, jnp.zeros_like(v)], axis=1) for k, v in prev.items()}
 
 
 def _layer_window(window, i):
@@ -188,13 +240,16 @@ class BlockRecurrentTransformer(nn.Module):
     return initial_carry(self.config, batch_size)
 
   def __call__(self, tokens, carry: Carry, start_of_sequence=None,
-               deterministic: bool = True):
+               deterministic: bool = True, reset_cache=None, reset_state=None):
     """Args:
       tokens: (B, n * W) int32.
       carry: from `initial_carry` or the previous segment's call.
       start_of_sequence: (B,) bool; rows where a new document starts with
         this segment get a fresh cache and state. Default: no reset.
       deterministic: False enables dropout (needs a "dropout" RNG).
+      reset_cache, reset_state: (B,) bool, optional further resets at the
+        segment start of only the cache (with the compressed memory) or only
+        the recurrent state: the trainer's carry dropout (brt/carry_dropout.py).
     Returns:
       logits (B, n * W, vocab) float32, and the carry for the next segment.
     """
@@ -214,9 +269,12 @@ class BlockRecurrentTransformer(nn.Module):
     sos = (jnp.zeros((batch,), bool) if start_of_sequence is None
            else jnp.asarray(start_of_sequence, bool).reshape(batch))
     first = (jnp.arange(num_blocks) == 0)[:, None]
-    reset_state = first & sos[None]
-    reset_cache = reset_state if cfg.cache_across_segments else (
-        first & jnp.ones_like(sos)[None])
+    as_rows = lambda r: (jnp.zeros_like(sos) if r is None
+                         else jnp.asarray(r, bool).reshape(batch))
+    drop_cache = (sos | as_rows(reset_cache)) if cfg.cache_across_segments else (
+        jnp.ones_like(sos))
+    reset_state = first & (sos | as_rows(reset_state))[None]
+    reset_cache = first & drop_cache[None]
 
     def body(step, carry, inputs, window):
       return step(carry, inputs, window, deterministic)
@@ -240,8 +298,13 @@ class BlockRecurrentTransformer(nn.Module):
     "valid" of the carry, the position in the block ("offset") and the
     states' keys/values ("reads").
     """
-    dec = {"window": tuple(_window_after(kv) for kv in carry["cache"]),
-           "state": carry["state"], "valid": carry["valid"]}
+    memory = [None] * self.config.num_layers
+    dec = {"state": carry["state"], "valid": carry["valid"]}
+    if "compressed" in carry:
+      memory = carry["compressed"]["memory"]
+      dec["compressed_valid"] = carry["compressed"]["valid"]
+    dec["window"] = tuple(_window_after(kv, m)
+                          for kv, m in zip(carry["cache"], memory))
     return self.blocks.begin_block(dec)
 
   def decode(self, tokens, dec: Carry):
@@ -270,15 +333,17 @@ class BlockRecurrentTransformer(nn.Module):
     """Block-invariant attention inputs, built once per call, not per block."""
     cfg = self.config
     w = cfg.block_width
-    window = {"mask": jnp.asarray(attention.window_mask(w)), "bias": None,
-              "sin": None, "cos": None}
+    compressed = (cfg.compressed_slots, cfg.compressed_mem_factor or 1)
+    window = {"mask": jnp.asarray(attention.window_mask(w, *compressed)),
+              "bias": None, "sin": None, "cos": None}
     if cfg.position == "t5":
       window["bias"] = jnp.stack([
           getattr(self, f"relpos_{i}")() for i in range(cfg.num_layers)
       ]).astype(cfg.compute_dtype)
     else:
-      sin, cos = attention.rotary_tables(np.arange(2 * w), cfg.head_size,
-                                         cfg.rotary_base)
+      sin, cos = attention.rotary_tables(
+          attention.key_positions(w, *compressed), cfg.head_size,
+          cfg.rotary_base)
       window["sin"], window["cos"] = jnp.asarray(sin), jnp.asarray(cos)
     return window
 
@@ -302,8 +367,9 @@ def _check_carry(carry, cfg, batch):
   expected = jax.tree_util.tree_structure(initial_carry(cfg, 1))
   if jax.tree_util.tree_structure(carry) != expected:
     raise ValueError(
-        "carry does not match this model's config (layers / recurrent "
-        "layers differ); build it with model.initial_carry(batch_size).")
+        "carry does not match this model's config (layers, recurrent "
+        "layers or compressed memory differ); build it with "
+        "model.initial_carry(batch_size).")
   if carry["valid"].shape != (batch,):
     raise ValueError(
         f"carry is for batch size {carry['valid'].shape[0]} but tokens have "

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from brt import optim, partitioning
+from brt import carry_dropout, optim, partitioning
 from brt.checkpoints import Checkpointer
 from brt.config import ModelConfig
 from brt.evaluation import EvalResult, Evaluator, token_nll
@@ -60,6 +60,12 @@ class TrainConfig:
   async_checkpoints: bool = True
   # (data, model) mesh axes; data=-1 takes every device left by `model`.
   mesh_shape: tuple[int, int] = (-1, 1)
+  # Carry dropout (brt/carry_dropout.py; the PyTorch port's
+  # xl_memories_dropout / state_dropout): per row and segment, the
+  # probability of starting from a fresh cache / recurrent state. Training
+  # only; drawn from the train state's RNG, so resumes stay exact.
+  cache_dropout: float = 0.0
+  state_dropout: float = 0.0
 
   def __post_init__(self):
     object.__setattr__(self, "mesh_shape", tuple(self.mesh_shape))
@@ -72,6 +78,8 @@ class TrainConfig:
     if len(self.mesh_shape) != 2:
       raise ValueError("TrainConfig: mesh_shape is (data, model), got "
                        f"{self.mesh_shape}.")
+    for name in ("cache_dropout", "state_dropout"):
+      carry_dropout.check_rate(f"TrainConfig.{name}", getattr(self, name))
 
   @property
   def eval_rows(self) -> int:
@@ -95,16 +103,24 @@ class NonFiniteLossError(RuntimeError):
   """The loss or gradient became NaN or infinite; nothing was saved after."""
 
 
-def make_train_step(model: BlockRecurrentTransformer, tx) -> Callable:
-  """(state, batch) -> (state, metrics): one segment of truncated BPTT."""
+def make_train_step(model: BlockRecurrentTransformer, tx, *,
+                    cache_dropout: float = 0.0,
+                    state_dropout: float = 0.0) -> Callable:
+  """(state, batch) -> (state, metrics): one segment of truncated BPTT.
+
+  cache_dropout, state_dropout: carry dropout rates (TrainConfig).
+  """
   deterministic = model.config.dropout_rate == 0
 
   def loss_fn(params, state, batch):
+    step_key = jax.random.fold_in(state.rng, state.step)
+    resets = carry_dropout.draw_resets(
+        carry_dropout.rng_for_step(step_key), batch["inputs"].shape[0],
+        cache_dropout, state_dropout)
     logits, carry = model.apply(
         {"params": params}, batch["inputs"], state.carry,
         start_of_sequence=batch["start_of_sequence"],
-        deterministic=deterministic,
-        rngs={"dropout": jax.random.fold_in(state.rng, state.step)})
+        deterministic=deterministic, rngs={"dropout": step_key}, **resets)
     mask = batch["loss_mask"]
     loss_sum = jnp.sum(token_nll(logits, batch["targets"]) * mask)
     tokens = jnp.sum(mask)
@@ -156,7 +172,9 @@ class Trainer:
     self._stop = threading.Event()
     self._shardings = self._state_shardings()
     self._step_fn = jax.jit(
-        make_train_step(self.model, self.tx),
+        make_train_step(self.model, self.tx,
+                        cache_dropout=train_config.cache_dropout,
+                        state_dropout=train_config.state_dropout),
         in_shardings=(self._shardings, None),
         out_shardings=(self._shardings, partitioning.replicated(self.mesh)),
         donate_argnums=0)

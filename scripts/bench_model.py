@@ -38,15 +38,16 @@ VARIANTS = {
 }
 
 
-def timed(fn, *args, repeats):
-  """Median wall time of fn(*args) after one warm-up call."""
-  jax.block_until_ready(fn(*args))
+def timed(fn, *args, repeats, warmup=True, reduce=statistics.median):
+  """Median (or `reduce`) wall time of fn(*args) after one warm-up call."""
+  if warmup:
+    jax.block_until_ready(fn(*args))
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
     jax.block_until_ready(fn(*args))
     times.append(time.perf_counter() - start)
-  return statistics.median(times)
+  return reduce(times)
 
 
 def matmul_flops_per_second(n: int, repeats: int) -> float:

@@ -43,6 +43,7 @@ def test_every_size_and_variant_builds_a_valid_config(size, variant):
     assert model.recurrent_layers == ()
   assert model.feedback == name.startswith("feedback")
   assert model.cache_across_segments == (name != "slide")
+  assert bool(model.compressed_slots) == (name == "xl_compressed")
 
 
 def test_paper_size_is_the_papers_model():

@@ -13,6 +13,12 @@ from brt import flops
     dict(recurrent_layers=(1,)),
     dict(recurrent_layers=(1,), gate="lstm", gate_variant="dual", feedback=True),
     dict(recurrent_layers=(0,), multi_query=True, gate_variant="single"),
+    # Compressed memories (conv: the compressor's matmuls count) and a
+    # recurrent layer whose state an earlier layer reads.
+    dict(compressed_mem_factor=4, recurrent_layers=(1,),
+         read_recurrent_layers=(0,)),
+    dict(compressed_mem_factor=2, compressed_mem_slots=24, compression="mean",
+         multi_query=True),
 ])
 def test_matmul_flops_match_xla_cost_analysis(overrides):
   cfg = brt.ModelConfig(vocab_size=256, num_layers=2, d_model=256, num_heads=4,

@@ -62,18 +62,19 @@ def _params(state):
 
 def test_resume_is_exact(tmp_path):
   """6 steps straight == 3 steps, a new trainer from the workdir, 3 more;
-  with dropout on, so the RNG must be restored too."""
+  with dropout and carry dropout on, so the RNG must be restored too."""
   docs = learnable_documents()
   model = tiny_config(block_width=8, recurrent_layers=(1,), dropout_rate=0.1)
-  straight = make_trainer(tmp_path / "a", 6, model=model)
+  rates = dict(cache_dropout=0.5, state_dropout=0.5)
+  straight = make_trainer(tmp_path / "a", 6, model=model, **rates)
   state_a = straight.train(batches(docs))
   straight.close()
 
-  first = make_trainer(tmp_path / "b", 6, model=model)
+  first = make_trainer(tmp_path / "b", 6, model=model, **rates)
   first.train(batches(docs), until_step=3)
   first.close()
   assert first.checkpointer.all_steps() == [3]
-  second = make_trainer(tmp_path / "b", 6, model=model)
+  second = make_trainer(tmp_path / "b", 6, model=model, **rates)
   state_b = second.train(batches(docs))  # A fresh iterator: position restored.
   second.close()
 
@@ -129,3 +130,16 @@ def test_train_config_errors_name_the_fix(tmp_path):
     make_trainer(tmp_path, 3, segment_length=12)
   with pytest.raises(ValueError, match="batch_size must be a positive"):
     TrainConfig(batch_size=0)
+
+
+def test_checkpoints_from_before_an_option_existed_stay_compatible():
+  import dataclasses
+  from brt.checkpoints import check_compatible
+  cfg = tiny_config(recurrent_layers=(1,))
+  saved = dataclasses.asdict(cfg)
+  for new_field in ("compressed_mem_factor", "read_recurrent_layers"):
+    del saved[new_field]
+  check_compatible(saved, cfg, "here")  # Missing fields had their defaults.
+  with pytest.raises(IncompatibleCheckpointError, match="compressed_mem_factor"):
+    check_compatible(saved, dataclasses.replace(cfg, compressed_mem_factor=2),
+                     "here")
