@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from brt import attention
+from brt import attention, memory_tokens
 from brt.config import ModelConfig
 
 Array = jax.Array
@@ -104,9 +104,10 @@ class RelativePositionBias(nn.Module):
         "table", nn.with_logical_partitioning(
             nn.initializers.normal(0.02), (None, "heads")),
         (cfg.num_position_buckets, cfg.num_heads))
+    distances = (memory_tokens.window_distances(cfg) if cfg.memory_tokens
+                 else attention.window_distances(cfg.block_width))
     buckets = attention.relative_position_buckets(
-        attention.window_distances(cfg.block_width), cfg.num_position_buckets,
-        cfg.max_position_distance)
+        distances, cfg.num_position_buckets, cfg.max_position_distance)
     return jnp.transpose(table[buckets], (2, 0, 1))  # (H, W, 2W)
 
 
@@ -227,6 +228,9 @@ class TransformerLayer(nn.Module):
     h = self.ln_tokens(x).astype(dt)
     q = self.q_tokens(h)
     kv = self.kv_tokens(h)
+    # Keys before this block's: the previous block (W), or none for RMT
+    # without the XL cache (prev is then zero-width).
+    num_prev = w if window_kv is not None else prev["k"].shape[1]
     if window_kv is None:
       new = {"k": kv[:, :, 0], "v": kv[:, :, 1]}
       k_win = jnp.concatenate([prev["k"], new["k"]], axis=1).astype(dt)
@@ -242,12 +246,13 @@ class TransformerLayer(nn.Module):
         table, offset, length, axis=axis)
     if window["sin"] is not None:
       sin, cos = window["sin"], window["cos"]
-      q_self = attention.apply_rotary(q_self, rows(sin[w:], 0), rows(cos[w:], 0))
+      q_self = attention.apply_rotary(q_self, rows(sin[num_prev:], 0),
+                                      rows(cos[num_prev:], 0))
       k_win = attention.apply_rotary(k_win, sin, cos)
-    # The first W keys are the previous block: hide them in rows without one.
+    # The first keys are the previous block: hide them in rows without one.
     visible = jnp.concatenate(
-        [jnp.broadcast_to(prev_visible[:, None], (batch, w)),
-         jnp.ones((batch, w), bool)], axis=1)
+        [jnp.broadcast_to(prev_visible[:, None], (batch, num_prev)),
+         jnp.ones((batch, k_win.shape[1] - num_prev), bool)], axis=1)
     mask = rows(window["mask"], 0)[None] & visible[:, None, :]  # (B, T, 2W)
     bias = None if window["bias"] is None else rows(window["bias"], 1)
     outs = [self._attend(q_self, k_win, v_win, self.scale_self, bias=bias,

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from brt import attention
+from brt import attention, memory_tokens
 from brt.config import ModelConfig
 from brt.layers import RelativePositionBias, TransformerLayer, dense, layer_norm
 
@@ -41,12 +41,16 @@ def initial_carry(config: ModelConfig, batch_size: int) -> Carry:
   kv_shape = (batch_size, config.block_width, config.num_kv_heads,
               config.head_size)
   kv = lambda: jnp.zeros(kv_shape, config.compute_dtype)
-  return {
+  carry = {
       "cache": tuple({"k": kv(), "v": kv()} for _ in range(config.num_layers)),
       "state": tuple(jnp.zeros((batch_size, config.num_states, config.d_model),
                                jnp.float32) for _ in config.recurrent_layers),
       "valid": jnp.zeros((batch_size,), bool),
   }
+  if config.memory_tokens:  # RMT: the memory handed to the next block.
+    carry["memory"] = jnp.zeros(
+        (batch_size, config.memory_tokens, config.d_model), jnp.float32)
+  return carry
 
 
 class BlockStep(nn.Module):
@@ -68,6 +72,8 @@ class BlockStep(nn.Module):
             nn.initializers.normal(cfg.state_init_std), ("states", "embed")),
                    (cfg.num_states, cfg.d_model))
         for layer in cfg.recurrent_layers)
+    if cfg.memory_tokens:
+      self.memory = memory_tokens.MemoryTokens(cfg)
 
   def _layer(self, i) -> TransformerLayer:
     return getattr(self, f"layer_{i}")
@@ -87,24 +93,33 @@ class BlockStep(nn.Module):
 
   def __call__(self, carry: Carry, inputs, window, deterministic: bool):
     cfg = self.config
-    x, reset_cache, reset_state = inputs  # (B, W, d), (B,), (B,)
+    # (B, W, d), (B,), (B,), () bool: cut the memory's gradient here.
+    x, reset_cache, reset_state, detach_memory = inputs
     cache_visible = carry["valid"] & ~reset_cache
     states = self._start_states(carry["state"], ~carry["valid"] | reset_state)
     new_states = dict(states)
     new_cache = []
+    rmt = self.memory if cfg.memory_tokens else None
+    if rmt is not None:
+      x = rmt.wrap(x, rmt.read(carry["memory"], ~carry["valid"] | reset_state,
+                               detach_memory))
     for i in range(cfg.num_layers):
+      prev = carry["cache"][i]
+      prev = rmt.cached(prev) if rmt is not None else prev
       x, kv, new_state = self._layer(i)(
-          x, carry["cache"][i], cache_visible, _layer_window(window, i),
+          x, prev, cache_visible, _layer_window(window, i),
           self._state_read_by(i, states), deterministic)
-      new_cache.append(kv)
+      new_cache.append(rmt.tokens_kv(kv) if rmt is not None else kv)
       if new_state is not None:
         new_states[i] = new_state
-    carry = {
+    new_carry = {
         "cache": tuple(new_cache),
         "state": tuple(new_states[i] for i in cfg.recurrent_layers),
         "valid": jnp.ones_like(carry["valid"]),
     }
-    return carry, x
+    if rmt is not None:
+      x, new_carry["memory"] = rmt.unwrap(x)
+    return new_carry, x
 
   # -- incremental decoding ---------------------------------------------------
   def begin_block(self, dec: Carry) -> Carry:
@@ -226,7 +241,10 @@ class BlockRecurrentTransformer(nn.Module):
     scan = nn.scan(body, variable_broadcast="params",
                    split_rngs={"params": False, "dropout": True},
                    in_axes=(0, nn.broadcast), out_axes=0)
-    carry, y = scan(self.blocks, carry, (x, reset_cache, reset_state),
+    detach_memory = jnp.asarray(
+        memory_tokens.detach_schedule(cfg, num_blocks))
+    carry, y = scan(self.blocks, carry,
+                    (x, reset_cache, reset_state, detach_memory),
                     self._window())
     y = jnp.swapaxes(y, 0, 1).reshape(batch, length, cfg.d_model)
     return self._logits(y), carry
@@ -240,6 +258,11 @@ class BlockRecurrentTransformer(nn.Module):
     "valid" of the carry, the position in the block ("offset") and the
     states' keys/values ("reads").
     """
+    if self.config.memory_tokens:
+      raise NotImplementedError(
+          "Incremental decoding does not support RMT memory tokens "
+          "(memory_tokens > 0): the write memory needs the whole block. "
+          "Generate by re-running model.apply on the text instead.")
     dec = {"window": tuple(_window_after(kv) for kv in carry["cache"]),
            "state": carry["state"], "valid": carry["valid"]}
     return self.blocks.begin_block(dec)
@@ -270,14 +293,19 @@ class BlockRecurrentTransformer(nn.Module):
     """Block-invariant attention inputs, built once per call, not per block."""
     cfg = self.config
     w = cfg.block_width
-    window = {"mask": jnp.asarray(attention.window_mask(w)), "bias": None,
-              "sin": None, "cos": None}
+    if cfg.memory_tokens:
+      mask = memory_tokens.window_mask(cfg)
+      positions = memory_tokens.window_positions(cfg)
+    else:
+      mask, positions = attention.window_mask(w), np.arange(2 * w)
+    window = {"mask": jnp.asarray(mask), "bias": None, "sin": None,
+              "cos": None}
     if cfg.position == "t5":
       window["bias"] = jnp.stack([
           getattr(self, f"relpos_{i}")() for i in range(cfg.num_layers)
       ]).astype(cfg.compute_dtype)
     else:
-      sin, cos = attention.rotary_tables(np.arange(2 * w), cfg.head_size,
+      sin, cos = attention.rotary_tables(positions, cfg.head_size,
                                          cfg.rotary_base)
       window["sin"], window["cos"] = jnp.asarray(sin), jnp.asarray(cos)
     return window

@@ -41,6 +41,8 @@ def test_every_size_and_variant_builds_a_valid_config(size, variant):
     assert model.recurrent_layers[0] < model.num_layers
   else:
     assert model.recurrent_layers == ()
+  assert (model.memory_tokens > 0) == name.startswith("rmt")
+  assert model.memory_xl_cache == (name == "rmt_xl")
   assert model.feedback == name.startswith("feedback")
   assert model.cache_across_segments == (name != "slide")
 

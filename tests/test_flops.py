@@ -13,6 +13,8 @@ from brt import flops
     dict(recurrent_layers=(1,)),
     dict(recurrent_layers=(1,), gate="lstm", gate_variant="dual", feedback=True),
     dict(recurrent_layers=(0,), multi_query=True, gate_variant="single"),
+    dict(memory_tokens=8),  # RMT: 2M memory rows, no previous block.
+    dict(memory_tokens=8, memory_xl_cache=True, multi_query=True),
 ])
 def test_matmul_flops_match_xla_cost_analysis(overrides):
   cfg = brt.ModelConfig(vocab_size=256, num_layers=2, d_model=256, num_heads=4,
