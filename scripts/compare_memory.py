@@ -48,6 +48,34 @@ TASKS = {"retrieval": "tasks/retrieval_bytes.gin",
 CHANCE = {"retrieval": 0.1, "copy": 1 / 16, "passkey": 0.1}
 
 
+class AnswerWeighted:
+  """Training batches whose answer tokens weigh `weight` times as much in the
+  loss as the other tokens (the loss is a weighted mean over loss_mask).
+
+  Most tokens of an episode are filler or random keys; weighting the answers
+  puts more of each step's gradient on what the comparison measures. The
+  position in the data is the wrapped batcher's.
+  """
+
+  def __init__(self, batches, weight: float):
+    self.batches, self.weight = batches, weight
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    batch = dict(next(self.batches))
+    batch["loss_mask"] = batch["loss_mask"] * (
+        1.0 + (self.weight - 1.0) * batch["answer_mask"])
+    return batch
+
+  def get_state(self):
+    return self.batches.get_state()
+
+  def set_state(self, state):
+    self.batches.set_state(state)
+
+
 def build(variant_file, task_file, experiment, params):
   gin.clear_config()
   configurables.parse([variant_file, task_file, experiment], params)
@@ -55,9 +83,9 @@ def build(variant_file, task_file, experiment, params):
       ModelConfig, TrainConfig, OptimizerConfig, DataConfig))
 
 
-def run_one(variant_file, task_file, args, documents):
+def run_one(variant_file, task_file, args, documents, params=()):
   model_cfg, train_cfg, opt_cfg, data_cfg = build(
-      variant_file, task_file, args.experiment, args.gin_param)
+      variant_file, task_file, args.experiment, [*args.gin_param, *params])
   if data_cfg.task not in documents:  # Generated once per task.
     documents[data_cfg.task] = {
         split: tasks.get_documents(data_cfg.task, split)
@@ -69,6 +97,8 @@ def run_one(variant_file, task_file, args, documents):
     train = batching.LongDocBatcher(
         docs[data_cfg.train_split], train_cfg.batch_size,
         train_cfg.segment_length, seed=train_cfg.seed)
+    if args.answer_weight != 1:
+      train = AnswerWeighted(train, args.answer_weight)
     began = time.perf_counter()
     state = trainer.train(train)
     train_s = time.perf_counter() - began
@@ -88,7 +118,10 @@ def run_one(variant_file, task_file, args, documents):
 
 def table(results, task_names, variant_names):
   width = max(len(v) for v in variant_names) + 2
-  lines = ["| variant | " + " | ".join(task_names) + " |",
+  def header(t):
+    steps = {r["steps"] for k, r in results.items() if k.endswith("/" + t)}
+    return f"{t} ({'/'.join(str(s) for s in sorted(steps))} steps)"
+  lines = ["| variant | " + " | ".join(header(t) for t in task_names) + " |",
            "|---|" + "---:|" * len(task_names)]
   for v in variant_names:
     cells = []
@@ -110,6 +143,13 @@ def main(argv=None):
                       help=f"comma-separated, of {list(VARIANTS)}")
   parser.add_argument("--gin_param", action="append", default=[],
                       help="extra gin bindings, e.g. TrainConfig.num_steps=50")
+  parser.add_argument("--steps", default="",
+                      help="training steps per task, e.g. retrieval=2000,"
+                      "copy=600 (every variant gets the same); default: "
+                      "TrainConfig.num_steps")
+  parser.add_argument("--answer_weight", type=float, default=1.0,
+                      help="loss weight of answer tokens in training (1: the "
+                      "plain language-model loss)")
   parser.add_argument("--out", default=None, help="JSON file for the results")
   args = parser.parse_args(argv)
   task_names = [t for t in args.tasks.split(",") if t]
@@ -119,13 +159,17 @@ def main(argv=None):
     if bad:
       parser.error(f"unknown {bad}; choose from {list(known)}")
 
+  steps = dict(item.split("=") for item in args.steps.split(",") if item)
   started = datetime.datetime.now(datetime.timezone.utc)
   results, documents = {}, {}
   for t in task_names:
     for v in variant_names:
-      r = run_one(VARIANTS[v], TASKS[t], args, documents)
+      params = ([f"TrainConfig.num_steps = {int(steps[t])}"] if t in steps
+                else [])
+      r = run_one(VARIANTS[v], TASKS[t], args, documents, params)
       results[f"{v}/{t}"] = r
       print(f"{v:>20} on {t:<9}: answer accuracy {r['answer_accuracy']:.3f} "
+            f"after {r['steps']} steps "
             f"(train loss {r['final_train_loss']:.3f}, "
             f"{r['train_seconds']:.0f}s)", flush=True)
   print()
@@ -138,6 +182,7 @@ def main(argv=None):
     with open(args.out, "w") as f:
       json.dump({"date": started.isoformat(), "argv": sys.argv,
                  "experiment": args.experiment, "gin_param": args.gin_param,
+                 "answer_weight": args.answer_weight,
                  "minutes": elapsed.total_seconds() / 60,
                  "results": results}, f, indent=1)
 

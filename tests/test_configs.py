@@ -89,3 +89,22 @@ def test_misspelt_names_get_suggestions():
     configurables.parse([], ["TrainConfg.batch_size = 3"])
   with pytest.raises(configurables.GinConfigError, match="sizes/tiny.gin"):
     configurables.parse(["sizes/tiny_typo.gin"])
+
+
+def test_memory_experiment_wins_over_its_variants_and_tasks():
+  # scripts/compare_memory.py parses variant, task, then the experiment.
+  for variant in ("xl", "slide", "rec_fixed_skip", "rec_lstm_dual",
+                  "feedback_fixed_skip", "rmt"):
+    for task in ("retrieval", "copy", "passkey"):
+      gin.clear_config()
+      model, train, _ = build([f"variants/{variant}.gin",
+                               f"tasks/{task}_bytes.gin",
+                               "experiments/memory_cpu.gin"])
+      assert (model.block_width, model.num_layers) == (16, 2)
+      model.check_segment_length(train.segment_length)
+      if variant == "rmt":
+        assert model.memory_tokens == 8 and model.memory_bptt_blocks is None
+      else:
+        assert model.memory_tokens == 0
+      if variant.startswith(("rec", "feedback")):
+        assert model.recurrent_layers == (1,)

@@ -103,3 +103,30 @@ def test_answer_accuracy_scores_perfect_and_wrong_answers():
   half = wrong.copy()
   half[0, 1] = perfect[0, 1]
   assert answer_accuracy(predicted_correctly(half, targets), mask) == (1, 3)
+
+
+def test_evaluator_reports_answer_accuracy_of_the_model():
+  import jax.numpy as jnp
+  from brt.data.documents import DocumentSet
+  from brt.evaluation import Evaluator
+  from conftest import apply, init_model, tiny_config
+  cfg = tiny_config(memory_tokens=2)  # Also evaluates an RMT model.
+  model, variables = init_model(cfg)
+  rng = np.random.RandomState(0)
+  lengths = [13, 9, 17]
+  docs = DocumentSet.from_token_lists(
+      [rng.randint(0, cfg.vocab_size, n) for n in lengths], cfg.vocab_size)
+  docs.answer_mask = (rng.rand(sum(lengths)) < 0.5).astype(np.uint8)
+  result = Evaluator(model).run(variables, batching.eval_batcher(docs, 2, 8))
+  right = count = 0
+  for i, n in enumerate(lengths):
+    tokens = jnp.asarray(docs[i], jnp.int32)[None]
+    pad = (-(n - 1)) % cfg.block_width
+    logits, _ = apply(model, variables,
+                      jnp.pad(tokens[:, :-1], ((0, 0), (0, pad))),
+                      model.initial_carry(1))
+    hit = np.asarray(logits[0, :n - 1].argmax(-1) == tokens[0, 1:])
+    mask = docs.answer_mask[docs.offsets[i] + 1:docs.offsets[i + 1]] > 0
+    right, count = right + hit[mask].sum(), count + mask.sum()
+  assert result.metrics["answer_tokens"] == count > 0
+  assert result.metrics["answer_accuracy"] == pytest.approx(right / count)
