@@ -18,7 +18,6 @@ answer token; every answer is at least that far from the information.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import string
 from typing import Optional, Union
 
@@ -188,10 +187,6 @@ def answer_mask(cfg: TaskConfig, split: str, index: int,
   for start, end in spans:
     mask[start:end] = 1
   return mask
-
-
-def fingerprint(cfg: TaskConfig) -> str:
-  return hashlib.sha256(repr(cfg).encode()).hexdigest()[:16]
 
 
 def data_dir_of(cfg: TaskConfig) -> Optional[str]:
