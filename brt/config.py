@@ -68,6 +68,13 @@ class ModelConfig:
   compressed_mem_factor: int = 0
   compressed_mem_slots: int | None = None
   compression: str = "conv"
+  # RMT (brt/memory_tokens.py): M > 0 memory tokens read before and written
+  # after every block; gradients flow through the memory for
+  # memory_bptt_blocks blocks (None: the whole segment); memory_xl_cache
+  # also keeps the previous block's keys/values visible ("RMT + XL").
+  memory_tokens: int = 0
+  memory_bptt_blocks: int | None = None
+  memory_xl_cache: bool = False
   # Positions: T5 relative bias (default) or rotary; never absolute.
   position: str = "t5"
   num_position_buckets: int = 32
@@ -183,6 +190,7 @@ class ModelConfig:
     if self.feedback and not self.recurrent_layers:
       fail("feedback=True needs a recurrent layer to read the state from; "
            "set recurrent_layers, e.g. (num_layers - 2,).")
+    self._validate_memory(fail)
     if not 0.0 <= self.dropout_rate < 1.0:
       fail(f"dropout_rate must be in [0, 1), got {self.dropout_rate}.")
     self._validate_read_layers(fail)
@@ -223,6 +231,26 @@ class ModelConfig:
     if slots is not None and (not isinstance(slots, int) or slots <= 0):
       fail(f"compressed_mem_slots must be a positive integer or None "
            f"(block_width // compressed_mem_factor), got {slots!r}.")
+
+  def _validate_memory(self, fail):
+    if not isinstance(self.memory_tokens, int) or self.memory_tokens < 0:
+      fail(f"memory_tokens must be a non-negative integer, got "
+           f"{self.memory_tokens!r}.")
+    k = self.memory_bptt_blocks
+    if k is not None and (not isinstance(k, int) or k <= 0):
+      fail(f"memory_bptt_blocks must be a positive integer or None (the whole "
+           f"segment), got {k!r}.")
+    if not self.memory_tokens and (k is not None or self.memory_xl_cache):
+      fail("memory_bptt_blocks and memory_xl_cache configure RMT memory, "
+           "which is off: set memory_tokens > 0, or leave them at their "
+           "defaults (None, False).")
+    if self.memory_tokens and self.compressed_mem_factor:
+      fail("RMT memory tokens and compressed memories cannot be combined "
+           "(yet): set memory_tokens=0 or compressed_mem_factor=0.")
+    if self.memory_tokens and (self.recurrent_layers or self.feedback):
+      fail("RMT memory tokens and block-recurrent layers are alternative "
+           "memories and cannot be combined: set recurrent_layers=() and "
+           "feedback=False, or memory_tokens=0.")
 
   def check_segment_length(self, length: int) -> int:
     """Returns the number of blocks in a segment, or explains the mismatch."""

@@ -75,7 +75,10 @@ def register() -> None:
                    ("arxiv_tfds", tasks.register_arxiv_tfds),
                    ("github_local", tasks.register_github_local),
                    ("gutenberg_plays", tasks.register_gutenberg_plays),
-                   ("stdlib_code", tasks.register_stdlib_code)):
+                   ("stdlib_code", tasks.register_stdlib_code),
+                   ("copy_task", tasks.register_copy),
+                   ("retrieval_task", tasks.register_retrieval),
+                   ("passkey_task", tasks.register_passkey)):
     gin.external_configurable(fn, name=name, module="brt.data")
   logging.getLogger().addFilter(_quiet_gin_file_search)
   _REGISTERED = True

@@ -32,6 +32,19 @@ def token_nll(logits, targets):
   return -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
 
 
+def predicted_correctly(logits, targets):
+  """(B, L) bool: the most likely token is the target (greedy decoding)."""
+  return jnp.argmax(logits, axis=-1) == targets
+
+
+def answer_accuracy(correct, answer_mask) -> tuple[float, float]:
+  """(answer tokens predicted right, answer tokens): accuracy is scored on
+  the answer tokens of synthetic tasks only (`answer_mask` 1); `correct`
+  from `predicted_correctly`."""
+  mask = np.asarray(answer_mask, np.float64) > 0
+  return float(np.sum(np.asarray(correct)[mask])), float(np.sum(mask))
+
+
 @dataclasses.dataclass
 class EvalResult:
   metrics: dict  # bits_per_token, bits_per_byte, word_perplexity, counts.
@@ -82,7 +95,8 @@ class Evaluator:
     def step(variables, inputs, targets, carry, start_of_sequence):
       logits, carry = model.apply(variables, inputs, carry,
                                   start_of_sequence=start_of_sequence)
-      return token_nll(logits, targets), carry
+      return (token_nll(logits, targets), predicted_correctly(logits, targets),
+              carry)
 
     self._step = step
 
@@ -92,6 +106,8 @@ class Evaluator:
     loss_sum = np.zeros(0)
     count = np.zeros(0)
     carry = None
+    answers = np.zeros(2)  # Answer tokens right, answer tokens.
+    has_answers = False
     for i, batch in enumerate(batches):
       if max_batches is not None and i >= max_batches:
         break
@@ -103,10 +119,15 @@ class Evaluator:
         if self.mesh is not None:
           carry = jax.device_put(carry, partitioning.batch_major_shardings(
               carry, self.mesh))
-      nll, carry = self._step(variables, inputs["inputs"], inputs["targets"],
-                              carry, inputs["start_of_sequence"])
+      nll, correct, carry = self._step(
+          variables, inputs["inputs"], inputs["targets"], carry,
+          inputs["start_of_sequence"])
       nll = partitioning.local_rows(nll).astype(np.float64)
       accumulator.update(batch, nll)
+      if "answer_mask" in batch:
+        has_answers = True
+        answers += answer_accuracy(partitioning.local_rows(correct),
+                                   batch["answer_mask"])
       # Position of each target in its document, binned.
       mask = np.asarray(batch["loss_mask"]) > 0
       positions = (np.asarray(batch["doc_offset"])[:, None]
@@ -124,9 +145,14 @@ class Evaluator:
     if jax.process_count() > 1:  # Each host read other documents.
       from jax.experimental import multihost_utils
       totals = multihost_utils.process_allgather(totals).sum(axis=0)
+      answers = multihost_utils.process_allgather(answers).sum(axis=0)
       loss_sum, count = _sum_bins_over_hosts(loss_sum, count)
-    return EvalResult(metrics_from_totals(totals), per_document, position_bin,
-                      loss_sum, count)
+    metrics = metrics_from_totals(totals)
+    if has_answers:
+      metrics["answer_accuracy"] = (answers[0] / answers[1] if answers[1]
+                                    else float("nan"))
+      metrics["answer_tokens"] = int(answers[1])
+    return EvalResult(metrics, per_document, position_bin, loss_sum, count)
 
 
 def _sum_bins_over_hosts(loss_sum, count):

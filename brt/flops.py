@@ -20,11 +20,16 @@ def forward_flops_per_block(cfg: ModelConfig, batch: int = 1) -> int:
   def mlp(rows):
     return rows * 2 * 2 * d * m
 
-  plain = (w * 2 * d * h * k          # queries
-           + w * 2 * d * 2 * g * k    # keys/values
-           + w * 4 * h * k * (c + 2 * w)  # logits, weighted values: C+2W keys
-           + w * 2 * h * k * d        # output projection
-           + mlp(w))
+  # Rows through the stack: the W tokens, plus read and write memory for
+  # RMT; keys: those rows, the previous block's W (none for RMT without
+  # XL) and C compressed-memory slots.
+  rows = w + 2 * cfg.memory_tokens
+  keys = rows + c + (w if not cfg.memory_tokens or cfg.memory_xl_cache else 0)
+  plain = (rows * 2 * d * h * k          # queries
+           + rows * 2 * d * 2 * g * k    # keys/values
+           + rows * 4 * h * k * keys     # logits and weighted values
+           + rows * 2 * h * k * d        # output projection
+           + mlp(rows))
   if c and cfg.compression == "conv":
     # The block leaving the cache: W / c slots, each a (c k) x k projection
     # per key/value head, for keys and values.

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from brt import attention, compressed_memory
+from brt import attention, compressed_memory, memory_tokens
 from brt.config import ModelConfig
 
 Array = jax.Array
@@ -104,11 +104,13 @@ class RelativePositionBias(nn.Module):
         "table", nn.with_logical_partitioning(
             nn.initializers.normal(0.02), (None, "heads")),
         (cfg.num_position_buckets, cfg.num_heads))
+    distances = (memory_tokens.window_distances(cfg) if cfg.memory_tokens
+                 else attention.window_distances(cfg.block_width,
+                                                 cfg.compressed_slots,
+                                                 cfg.compressed_mem_factor))
     buckets = attention.relative_position_buckets(
-        attention.window_distances(cfg.block_width, cfg.compressed_slots,
-                                   cfg.compressed_mem_factor),
-        cfg.num_position_buckets, cfg.max_position_distance)
-    return jnp.transpose(table[buckets], (2, 0, 1))  # (H, W, C + 2W)
+        distances, cfg.num_position_buckets, cfg.max_position_distance)
+    return jnp.transpose(table[buckets], (2, 0, 1))  # (H, rows, keys)
 
 
 class TransformerLayer(nn.Module):
@@ -269,6 +271,8 @@ class TransformerLayer(nn.Module):
     h = self.ln_tokens(x).astype(dt)
     q = self.q_tokens(h)
     kv = self.kv_tokens(h)
+    # Keys before this block's: the previous block (W), or none for RMT
+    # without the XL cache (prev is then zero-width).
     if window_kv is None:
       new = {"k": kv[:, :, 0], "v": kv[:, :, 1]}
       k_win = jnp.concatenate([prev["k"], new["k"]], axis=1).astype(dt)
@@ -280,19 +284,23 @@ class TransformerLayer(nn.Module):
           window_kv[name], kv[:, :, i].astype(window_kv[name].dtype),
           before + offset, axis=1) for i, name in enumerate("kv")}
       k_win, v_win = new["k"].astype(dt), new["v"].astype(dt)
+    # P keys come before this block's rows: the compressed memory and the
+    # previous block (none for RMT without the XL cache).
+    num_prev = prev_visible.shape[1]
     q_self = q[:, :, 0]
     rows = lambda table, axis: jax.lax.dynamic_slice_in_dim(
         table, offset, length, axis=axis)
     if window["sin"] is not None:
       sin, cos = window["sin"], window["cos"]
-      # Queries are the window's last W positions.
-      q_self = attention.apply_rotary(q_self, rows(sin[-w:], 0),
-                                      rows(cos[-w:], 0))
+      # Queries are the window's positions after the P keys before the block.
+      q_self = attention.apply_rotary(q_self, rows(sin[num_prev:], 0),
+                                      rows(cos[num_prev:], 0))
       k_win = attention.apply_rotary(k_win, sin, cos)
     # Hide the keys before the block in rows where they hold nothing.
-    visible = jnp.concatenate([prev_visible, jnp.ones((batch, w), bool)],
-                              axis=1)
-    mask = rows(window["mask"], 0)[None] & visible[:, None, :]  # (B, T, P+W)
+    visible = jnp.concatenate(
+        [prev_visible, jnp.ones((batch, k_win.shape[1] - num_prev), bool)],
+        axis=1)
+    mask = rows(window["mask"], 0)[None] & visible[:, None, :]  # (B, T, keys)
     bias = None if window["bias"] is None else rows(window["bias"], 1)
     outs = [self._attend(q_self, k_win, v_win, self.scale_self, bias=bias,
                          mask=mask[:, None])]

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from brt import attention, compressed_memory
+from brt import attention, compressed_memory, memory_tokens
 from brt.config import ModelConfig
 from brt.layers import RelativePositionBias, TransformerLayer, dense, layer_norm
 
@@ -50,6 +50,9 @@ def initial_carry(config: ModelConfig, batch_size: int) -> Carry:
   }
   if config.compressed_slots:
     carry["compressed"] = compressed_memory.initial(config, batch_size)
+  if config.memory_tokens:  # RMT: the memory handed to the next block.
+    carry["memory"] = jnp.zeros(
+        (batch_size, config.memory_tokens, config.d_model), jnp.float32)
   return carry
 
 
@@ -72,6 +75,8 @@ class BlockStep(nn.Module):
             nn.initializers.normal(cfg.state_init_std), ("states", "embed")),
                    (cfg.num_states, cfg.d_model))
         for layer in cfg.recurrent_layers)
+    if cfg.memory_tokens:
+      self.memory = memory_tokens.MemoryTokens(cfg)
 
   def _layer(self, i) -> TransformerLayer:
     return getattr(self, f"layer_{i}")
@@ -105,7 +110,8 @@ class BlockStep(nn.Module):
 
   def __call__(self, carry: Carry, inputs, window, deterministic: bool):
     cfg = self.config
-    x, reset_cache, reset_state = inputs  # (B, W, d), (B,), (B,)
+    # (B, W, d), (B,), (B,), () bool: cut the memory's gradient here.
+    x, reset_cache, reset_state, detach_memory = inputs
     cache_visible = carry["valid"] & ~reset_cache
     compressed = carry.get("compressed")
     compressed_valid = None
@@ -116,12 +122,20 @@ class BlockStep(nn.Module):
     states = self._start_states(carry["state"], ~carry["valid"] | reset_state)
     new_states = dict(states)
     new_cache, new_memory = [], []
+    rmt = self.memory if cfg.memory_tokens else None
+    if rmt is not None:
+      x = rmt.wrap(x, rmt.read(carry["memory"], ~carry["valid"] | reset_state,
+                               detach_memory))
+      # The keys before the block: the previous block's, or none.
+      prefix_visible = prefix_visible[:, :memory_tokens.num_cached(cfg)]
     for i in range(cfg.num_layers):
+      prev = carry["cache"][i]
+      prev = rmt.cached(prev) if rmt is not None else prev
       x, kv, new_state, memory = self._layer(i)(
-          x, carry["cache"][i], prefix_visible, _layer_window(window, i),
+          x, prev, prefix_visible, _layer_window(window, i),
           self._state_of(i, states), deterministic,
           None if compressed is None else compressed["memory"][i])
-      new_cache.append(kv)
+      new_cache.append(rmt.tokens_kv(kv) if rmt is not None else kv)
       new_memory.append(memory)
       if new_state is not None:
         new_states[i] = new_state
@@ -135,6 +149,8 @@ class BlockStep(nn.Module):
           "memory": tuple(new_memory),
           "valid": compressed_memory.push_visible(compressed_valid,
                                                   cache_visible, cfg)}
+    if rmt is not None:
+      x, new_carry["memory"] = rmt.unwrap(x)
     return new_carry, x
 
   # -- incremental decoding ---------------------------------------------------
@@ -284,7 +300,10 @@ class BlockRecurrentTransformer(nn.Module):
     scan = nn.scan(body, variable_broadcast="params",
                    split_rngs={"params": False, "dropout": True},
                    in_axes=(0, nn.broadcast), out_axes=0)
-    carry, y = scan(self.blocks, carry, (x, reset_cache, reset_state),
+    detach_memory = jnp.asarray(
+        memory_tokens.detach_schedule(cfg, num_blocks))
+    carry, y = scan(self.blocks, carry,
+                    (x, reset_cache, reset_state, detach_memory),
                     self._window())
     y = jnp.swapaxes(y, 0, 1).reshape(batch, length, cfg.d_model)
     return self._logits(y), carry
@@ -298,6 +317,11 @@ class BlockRecurrentTransformer(nn.Module):
     "valid" of the carry, the position in the block ("offset") and the
     states' keys/values ("reads").
     """
+    if self.config.memory_tokens:
+      raise NotImplementedError(
+          "Incremental decoding does not support RMT memory tokens "
+          "(memory_tokens > 0): the write memory needs the whole block. "
+          "Generate by re-running model.apply on the text instead.")
     memory = [None] * self.config.num_layers
     dec = {"state": carry["state"], "valid": carry["valid"]}
     if "compressed" in carry:
@@ -334,16 +358,21 @@ class BlockRecurrentTransformer(nn.Module):
     cfg = self.config
     w = cfg.block_width
     compressed = (cfg.compressed_slots, cfg.compressed_mem_factor or 1)
-    window = {"mask": jnp.asarray(attention.window_mask(w, *compressed)),
-              "bias": None, "sin": None, "cos": None}
+    if cfg.memory_tokens:
+      mask = memory_tokens.window_mask(cfg)
+      positions = memory_tokens.window_positions(cfg)
+    else:
+      mask = attention.window_mask(w, *compressed)
+      positions = attention.key_positions(w, *compressed)
+    window = {"mask": jnp.asarray(mask), "bias": None, "sin": None,
+              "cos": None}
     if cfg.position == "t5":
       window["bias"] = jnp.stack([
           getattr(self, f"relpos_{i}")() for i in range(cfg.num_layers)
       ]).astype(cfg.compute_dtype)
     else:
-      sin, cos = attention.rotary_tables(
-          attention.key_positions(w, *compressed), cfg.head_size,
-          cfg.rotary_base)
+      sin, cos = attention.rotary_tables(positions, cfg.head_size,
+                                         cfg.rotary_base)
       window["sin"], window["cos"] = jnp.asarray(sin), jnp.asarray(cos)
     return window
 

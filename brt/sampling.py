@@ -66,6 +66,13 @@ class Sampler:
 
   def __init__(self, model: BlockRecurrentTransformer, variables,
                prefill_blocks: int = 8):
+    if model.config.memory_tokens:
+      raise NotImplementedError(
+          "The incremental sampler does not support RMT memory tokens "
+          "(ModelConfig.memory_tokens > 0): a block's write memory is only "
+          "known once the whole block is in, so token-by-token decoding "
+          "would need the block re-run per token. Sample from a model "
+          "without memory tokens, or re-run model.apply on the text.")
     self.model = model
     self.variables = variables
     self.prefill_blocks = prefill_blocks

@@ -309,11 +309,13 @@ class Trainer:
     m = result.metrics
     self._record("eval", step, {k: m[k] for k in (
         "loss", "bits_per_token", "bits_per_byte", "word_perplexity",
-        "num_tokens", "num_documents")})
+        "num_tokens", "num_documents", "answer_accuracy") if k in m})
+    answers = (f" | answer accuracy {m['answer_accuracy']:.4f}"
+               if "answer_accuracy" in m else "")
     self._print(
         f"eval at step {step}: {m['bits_per_token']:.4f} bits/token | "
         f"{m['bits_per_byte']:.4f} bits/byte | word perplexity "
-        f"{m['word_perplexity']:.2f} | {m['num_tokens']:,} tokens in "
+        f"{m['word_perplexity']:.2f}{answers} | {m['num_tokens']:,} tokens in "
         f"{m['num_documents']} documents, {time.perf_counter() - start:.0f}s")
     return result
 

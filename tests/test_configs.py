@@ -41,6 +41,8 @@ def test_every_size_and_variant_builds_a_valid_config(size, variant):
     assert model.recurrent_layers[0] < model.num_layers
   else:
     assert model.recurrent_layers == ()
+  assert (model.memory_tokens > 0) == name.startswith("rmt")
+  assert model.memory_xl_cache == (name == "rmt_xl")
   assert model.feedback == name.startswith("feedback")
   assert model.cache_across_segments == (name != "slide")
   assert bool(model.compressed_slots) == (name == "xl_compressed")
@@ -121,3 +123,22 @@ def test_paper_experiments_are_the_150m_and_1_3b_models(corpus):
                            "variants/xl_4w.gin"])
   assert model.recurrent_layers == () and model.block_width == 2048
   model.check_segment_length(train.segment_length)
+
+
+def test_memory_experiment_wins_over_its_variants_and_tasks():
+  # scripts/compare_memory.py parses variant, task, then the experiment.
+  for variant in ("xl", "slide", "rec_fixed_skip", "rec_lstm_dual",
+                  "feedback_fixed_skip", "rmt"):
+    for task in ("retrieval", "copy", "passkey"):
+      gin.clear_config()
+      model, train, _ = build([f"variants/{variant}.gin",
+                               f"tasks/{task}_bytes.gin",
+                               "experiments/memory_cpu.gin"])
+      assert (model.block_width, model.num_layers) == (16, 2)
+      model.check_segment_length(train.segment_length)
+      if variant == "rmt":
+        assert model.memory_tokens == 8 and model.memory_bptt_blocks is None
+      else:
+        assert model.memory_tokens == 0
+      if variant.startswith(("rec", "feedback")):
+        assert model.recurrent_layers == (1,)

@@ -19,6 +19,8 @@ from brt import flops
          read_recurrent_layers=(0,)),
     dict(compressed_mem_factor=2, compressed_mem_slots=24, compression="mean",
          multi_query=True),
+    dict(memory_tokens=8),  # RMT: 2M memory rows, no previous block.
+    dict(memory_tokens=8, memory_xl_cache=True, multi_query=True),
 ])
 def test_matmul_flops_match_xla_cost_analysis(overrides):
   cfg = brt.ModelConfig(vocab_size=256, num_layers=2, d_model=256, num_heads=4,

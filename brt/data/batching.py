@@ -41,6 +41,8 @@ class LongDocBatcher:
     doc_offset        (b,) int32    o, the position of inputs[:, 0] in the doc.
     doc_tokens, doc_bytes, doc_words (b,) int32: the document's number of
       targets (its length - 1), UTF-8 bytes and whitespace words, for metrics.
+    answer_mask       (b, L) float32, 1 where the target is an answer token
+      (only for documents with answer masks: synthetic tasks).
 
   Training (`num_epochs=None`) never ends: when the queue runs out, the next
   epoch's order is drawn with (seed, epoch). With `num_epochs=k` rows that
@@ -173,6 +175,8 @@ class LongDocBatcher:
     doc_id = np.full(b, -1, np.int32)
     doc_offset = np.zeros(b, np.int32)
     end = np.zeros(b, bool)
+    answers = self.documents.answer_mask
+    answer_mask = None if answers is None else np.zeros((b, L), np.float32)
     for i in range(b):
       doc, off = rows[first + i]
       if doc < 0:
@@ -183,6 +187,8 @@ class LongDocBatcher:
       inputs[i, :n] = seg[:n]
       targets[i, :n] = seg[1:]
       loss_mask[i, :n] = 1.0
+      if answer_mask is not None:  # Aligned with the targets.
+        answer_mask[i, :n] = answers[begin + 1:begin + n + 1]
       doc_id[i] = doc
       doc_offset[i] = off
       end[i] = off + L >= lengths[doc] - 1
@@ -203,6 +209,8 @@ class LongDocBatcher:
         "doc_words": np.where(valid, self.documents.num_words[ids],
                               0).astype(np.int32),
     }
+    if answer_mask is not None:
+      batch["answer_mask"] = answer_mask
     for row in rows:
       if row[0] >= 0:
         row[1] += L

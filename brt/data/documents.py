@@ -35,7 +35,11 @@ class DocumentSet:
       into eval batches for bits per byte and word-level perplexity.
     names: N strings naming each document (file or repository).
     vocab_size: tokens are in [0, vocab_size).
+    answer_mask: None, or uint8 like `tokens`: 1 on the tokens a synthetic
+      task scores for accuracy (see brt/data/synthetic.py).
   """
+
+  answer_mask = None
 
   def __init__(self, tokens: np.ndarray, offsets: np.ndarray,
                num_bytes: np.ndarray, num_words: np.ndarray,

@@ -27,7 +27,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from brt.data import code_repos, local_files, metrics, vocabularies
+from brt.data import code_repos, local_files, metrics, synthetic, vocabularies
 from brt.data.documents import DocumentSet, DocumentSetWriter
 
 log = logging.getLogger(__name__)
@@ -142,6 +142,7 @@ def register_task(name: str, source: seqio.DataSource,
                                                 dtype=tf.int32)})
   _TOKEN_CACHE_DIRS[name] = token_cache_dir
   _DATA_FINGERPRINTS.pop(name, None)  # a local registration sets its own
+  _SYNTHETIC.pop(name, None)  # a synthetic registration sets its own
   return name
 
 
@@ -272,6 +273,81 @@ def register_arxiv_tfds(*, vocabulary: str = "bytes",
                        token_cache_dir=token_cache_dir)
 
 
+# --- synthetic long-range tasks ----------------------------------------------
+
+# Task name -> its generator config; their documents carry answer masks.
+_SYNTHETIC: dict[str, synthetic.TaskConfig] = {}
+
+
+def register_synthetic(cfg: synthetic.TaskConfig, name: str) -> str:
+  """A seqio task whose documents `synthetic.generate` makes on the fly
+  (bytes vocabulary); `get_documents` attaches their answer masks."""
+  if (data_dir := synthetic.data_dir_of(cfg)) is not None:
+    local_files.split_dir(data_dir, "train")  # fail early with a clear error
+
+  def dataset_fn(split: str, shuffle_files: bool, seed=None):
+    del shuffle_files, seed  # Deterministic per (cfg.seed, split, index).
+    def generate():
+      for i in range(synthetic.num_documents(cfg, split)):
+        yield {"text": synthetic.generate(cfg, split, i)[0],
+               "doc_id": f"{split}_{i}"}
+    return tf.data.Dataset.from_generator(
+        generate, output_signature={
+            "text": tf.TensorSpec([], tf.string),
+            "doc_id": tf.TensorSpec([], tf.string)})
+
+  source = seqio.FunctionDataSource(dataset_fn, splits=SPLITS,
+                                    caching_permitted=False)
+  register_task(name, source, vocabularies.byte_vocabulary())
+  _SYNTHETIC[name] = cfg
+  return name
+
+
+def register_copy(*, distance: int = 80, length: int = 6, max_lead: int = 8,
+                  num_documents: int = 2048, num_eval_documents: int = 256,
+                  seed: int = 0, name: Optional[str] = None) -> str:
+  """Copy a random string `distance` tokens later. Task `copy_d<distance>`."""
+  cfg = synthetic.CopyConfig(distance=distance, length=length,
+                             max_lead=max_lead, num_documents=num_documents,
+                             num_eval_documents=num_eval_documents, seed=seed)
+  return register_synthetic(cfg, name or f"copy_d{distance}")
+
+
+def register_retrieval(*, distance: int = 80, num_pairs: int = 4,
+                       max_lead: int = 8, num_documents: int = 2048,
+                       num_eval_documents: int = 256, seed: int = 0,
+                       name: Optional[str] = None) -> str:
+  """Associative retrieval: key->value pairs queried `distance` tokens
+  later. Task `retrieval_d<distance>`."""
+  cfg = synthetic.RetrievalConfig(
+      distance=distance, num_pairs=num_pairs, max_lead=max_lead,
+      num_documents=num_documents, num_eval_documents=num_eval_documents,
+      seed=seed)
+  return register_synthetic(cfg, name or f"retrieval_d{distance}")
+
+
+def register_passkey(data_dir: str = "data/gutenberg_plays", *,
+                     distance: int = 80, digits: int = 5, max_lead: int = 16,
+                     num_documents: int = 2048, num_eval_documents: int = 256,
+                     seed: int = 0, name: Optional[str] = None) -> str:
+  """A pass key hidden in book text (PG19 layout), asked for `distance`
+  tokens later. Task `passkey_d<distance>`."""
+  cfg = synthetic.PasskeyConfig(
+      data_dir=os.path.abspath(data_dir), distance=distance, digits=digits,
+      max_lead=max_lead, num_documents=num_documents,
+      num_eval_documents=num_eval_documents, seed=seed)
+  return register_synthetic(cfg, name or f"passkey_d{distance}")
+
+
+def _attach_answer_masks(task_name: str, split: str, docs: DocumentSet):
+  cfg = _SYNTHETIC[task_name]
+  masks = [synthetic.answer_mask(cfg, split, int(name.rsplit("_", 1)[1]),
+                                 len(docs[i]))
+           for i, name in enumerate(docs.names)]
+  docs.answer_mask = (np.concatenate(masks) if masks
+                      else np.zeros(0, np.uint8))
+
+
 # --- documents ----------------------------------------------------------------
 
 
@@ -337,6 +413,8 @@ def get_documents(task_name: str, split: str, *,
                      metrics.count_words(text))
     docs = DocumentSet.load(path)
   vocabularies.check_coverage(docs.tokens, vocab, max_unk_fraction, what)
+  if task_name in _SYNTHETIC:
+    _attach_answer_masks(task_name, split, docs)
   return docs
 
 
