@@ -98,7 +98,10 @@ class RelativePositionBias(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self):
+  def __call__(self, offset=0, length=None):
+    """(H, rows, keys) bias; with `length`, only the query rows offset ..
+    offset + length - 1 (decoding: gathering the whole window's bias for
+    every new token would cost more than the token's matmuls)."""
     cfg = self.config
     table = self.param(
         "table", nn.with_logical_partitioning(
@@ -108,8 +111,10 @@ class RelativePositionBias(nn.Module):
                  else attention.window_distances(cfg.block_width,
                                                  cfg.compressed_slots,
                                                  cfg.compressed_mem_factor))
-    buckets = attention.relative_position_buckets(
-        distances, cfg.num_position_buckets, cfg.max_position_distance)
+    buckets = jnp.asarray(attention.relative_position_buckets(
+        distances, cfg.num_position_buckets, cfg.max_position_distance))
+    if length is not None:
+      buckets = jax.lax.dynamic_slice_in_dim(buckets, offset, length, axis=0)
     return jnp.transpose(table[buckets], (2, 0, 1))  # (H, rows, keys)
 
 
@@ -256,8 +261,8 @@ class TransformerLayer(nn.Module):
         ignored (first block of a document, or of a segment in "Slide";
         compressed slots not filled yet).
       window: block-invariant constants: "mask" (W, P + W), "bias"
-        (H, W, P + W) or None, "sin"/"cos" rotary tables for the window's
-        key positions or None.
+        (H, T, P + W) for these T query rows or None, "sin"/"cos" rotary
+        tables for the window's key positions or None.
       state_kv: `read_state` of the state carried in from the previous block
         (recurrent and feedback kinds), else None.
     Returns:
@@ -301,7 +306,7 @@ class TransformerLayer(nn.Module):
         [prev_visible, jnp.ones((batch, k_win.shape[1] - num_prev), bool)],
         axis=1)
     mask = rows(window["mask"], 0)[None] & visible[:, None, :]  # (B, T, keys)
-    bias = None if window["bias"] is None else rows(window["bias"], 1)
+    bias = window["bias"]  # Already for these query rows (see `_window`).
     outs = [self._attend(q_self, k_win, v_win, self.scale_self, bias=bias,
                          mask=mask[:, None])]
     if state_kv is not None:

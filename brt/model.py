@@ -338,7 +338,8 @@ class BlockRecurrentTransformer(nn.Module):
     full. Cost depends on W, never on how much text came before.
     """
     _check_tokens(tokens, self.config.vocab_size)
-    y, dec = self.blocks.decode(self._embed(tokens), dec, self._window())
+    window = self._window(dec["offset"], tokens.shape[1])
+    y, dec = self.blocks.decode(self._embed(tokens), dec, window)
     return self._logits(y), dec
 
   def end_block(self, dec: Carry) -> Carry:
@@ -353,8 +354,11 @@ class BlockRecurrentTransformer(nn.Module):
     logits = self.embed.attend(y) if self.config.tie_embeddings else self.unembed(y)
     return logits.astype(jnp.float32)
 
-  def _window(self) -> dict[str, Any]:
-    """Block-invariant attention inputs, built once per call, not per block."""
+  def _window(self, offset=0, length=None) -> dict[str, Any]:
+    """Block-invariant attention inputs, built once per call, not per block.
+
+    The relative-position bias is built for the query rows offset ..
+    offset + length - 1 only (decoding), or for the whole block."""
     cfg = self.config
     w = cfg.block_width
     compressed = (cfg.compressed_slots, cfg.compressed_mem_factor or 1)
@@ -368,7 +372,8 @@ class BlockRecurrentTransformer(nn.Module):
               "cos": None}
     if cfg.position == "t5":
       window["bias"] = jnp.stack([
-          getattr(self, f"relpos_{i}")() for i in range(cfg.num_layers)
+          getattr(self, f"relpos_{i}")(offset, length)
+          for i in range(cfg.num_layers)
       ]).astype(cfg.compute_dtype)
     else:
       sin, cos = attention.rotary_tables(positions, cfg.head_size,

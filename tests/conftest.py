@@ -76,3 +76,79 @@ def _jitted_apply(cfg):
 def apply(model, variables, tokens, carry, start_of_sequence=None):
   """model.apply, compiled once per config and shape (tests call it a lot)."""
   return _jitted_apply(model.config)(variables, tokens, carry, start_of_sequence)
+
+
+def jax_leaves(tree):
+  """The leaves of a pytree as float32 numpy arrays, for comparisons."""
+  return [np.asarray(x, np.float32) for x in jax.tree_util.tree_leaves(tree)]
+
+
+def run_in_pieces(model, variables, tokens, piece, carry=None, sos=None):
+  """Feeds `tokens` in consecutive calls of `piece` tokens, passing the carry."""
+  carry = model.initial_carry(tokens.shape[0]) if carry is None else carry
+  outs = []
+  for start in range(0, tokens.shape[1], piece):
+    logits, carry = apply(model, variables, tokens[:, start:start + piece],
+                          carry, sos if start == 0 else None)
+    outs.append(logits)
+  return jnp.concatenate(outs, axis=1), carry
+
+
+def assert_pieces_equal_one_call(model, variables, tokens, pieces, atol=1e-5):
+  """Logits and carry of one call equal those of calls of each piece length;
+  returns the one call's (logits, carry)."""
+  whole, carry_whole = run_in_pieces(model, variables, tokens, tokens.shape[1])
+  for piece in pieces:
+    logits, carry = run_in_pieces(model, variables, tokens, piece)
+    np.testing.assert_allclose(logits, whole, atol=atol, rtol=0)
+    for a, b in zip(jax_leaves(carry), jax_leaves(carry_whole)):
+      np.testing.assert_allclose(a, b, atol=atol, rtol=0)
+  return whole, carry_whole
+
+
+def assert_reset_row_is_fresh(model, variables, first, second):
+  """After `first`, a start_of_sequence in row 0 of `second` gives exactly a
+  fresh carry's logits and carry there, and leaves row 1 untouched; and the
+  carry did matter for row 0. Returns (reset carry, fresh carry)."""
+  _, carry = apply(model, variables, first, model.initial_carry(2))
+  sos = jnp.array([True, False])
+  reset_logits, reset_carry = apply(model, variables, second, carry, sos)
+  kept_logits, _ = apply(model, variables, second, carry)
+  fresh_logits, fresh_carry = apply(model, variables, second,
+                                    model.initial_carry(2))
+  np.testing.assert_array_equal(reset_logits[0], fresh_logits[0])
+  np.testing.assert_array_equal(reset_logits[1], kept_logits[1])
+  for a, b in zip(jax_leaves(reset_carry), jax_leaves(fresh_carry)):
+    np.testing.assert_array_equal(a[0], b[0])
+  assert np.abs(np.asarray(kept_logits[0] - fresh_logits[0])).max() > 1e-4
+  return reset_carry, fresh_carry
+
+
+def changed_positions(model, variables, tokens, position, piece=None):
+  """Positions whose logits change when the token at `position` changes.
+
+  The text is fed in calls of `piece` tokens (default: one call), passing the
+  carry, so that influence through the carry across segments is covered too.
+  """
+  piece = piece or tokens.shape[1]
+  edited = tokens.at[:, position].set((tokens[:, position] + 7) % 29)
+  run = lambda t: np.asarray(run_in_pieces(model, variables, t, piece)[0])
+  diff = np.abs(run(tokens) - run(edited)).max(axis=(0, 2))
+  return diff > 0
+
+
+def teacher_forced_logits(sampler, text, prompt_length):
+  """Prefill `prompt_length` tokens, then decode the rest one token at a time,
+  feeding the true next token; returns the logits of every position."""
+  model, w = sampler.model, sampler.model.config.block_width
+  dec, last = sampler.prefill(text[:, :prompt_length])
+  full, _ = sampler._forward(sampler.variables, text,
+                             model.initial_carry(text.shape[0]))
+  outs = [full[:, :prompt_length - 1], last[:, None]]  # prompt via prefill
+  end_block = jax.jit(functools.partial(model.apply, method="end_block"))
+  for t in range(prompt_length, text.shape[1]):
+    logits, dec = sampler._decode(sampler.variables, text[:, t:t + 1], dec)
+    if int(dec["offset"]) == w:
+      dec = end_block(sampler.variables, dec)
+    outs.append(logits)
+  return jnp.concatenate(outs, axis=1), full

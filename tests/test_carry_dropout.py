@@ -12,8 +12,8 @@ import pytest
 import brt
 from brt import carry_dropout
 from brt.trainer import TrainConfig, TrainState, make_train_step
-from conftest import apply, init_model, random_tokens, tiny_config
-from test_streaming import jax_leaves
+from conftest import (apply, init_model, jax_leaves, random_tokens,
+                      tiny_config)
 
 REC = dict(recurrent_layers=(1,), compressed_mem_factor=2)
 

@@ -1,30 +1,9 @@
 """No token sees the future; without recurrence, nothing is seen too far back."""
 
-import jax.numpy as jnp
-import numpy as np
 import pytest
 
-from conftest import VARIANTS, apply, init_model, random_tokens, tiny_config
-
-
-def changed_positions(model, variables, tokens, position, piece=None):
-  """Positions whose logits change when the token at `position` changes.
-
-  The text is fed in calls of `piece` tokens (default: one call), passing the
-  carry, so that influence through the carry across segments is covered too.
-  """
-  piece = piece or tokens.shape[1]
-  edited = tokens.at[:, position].set((tokens[:, position] + 7) % 29)
-
-  def run(t):
-    carry, outs = model.initial_carry(t.shape[0]), []
-    for s in range(0, t.shape[1], piece):
-      logits, carry = apply(model, variables, t[:, s:s + piece], carry)
-      outs.append(logits)
-    return np.asarray(jnp.concatenate(outs, axis=1))
-
-  diff = np.abs(run(tokens) - run(edited)).max(axis=(0, 2))
-  return diff > 0
+from conftest import (VARIANTS, changed_positions, init_model, random_tokens,
+                      tiny_config)
 
 
 @pytest.mark.parametrize("name", ["xl", "rec_lstm_dual", "feedback_fixed",

@@ -2,17 +2,13 @@
 earlier layer may read the state a later layer writes -- from the previous
 block, never the current one."""
 
-import jax
 import numpy as np
 import pytest
 
-import brt
 from brt.model import layer_kind
 from brt.sampling import Sampler
-from conftest import apply, init_model, random_tokens, tiny_config
-from test_causality import changed_positions
-from test_sampling import teacher_forced_logits
-from test_streaming import run_in_pieces
+from conftest import (changed_positions, init_model, random_tokens,
+                      run_in_pieces, teacher_forced_logits, tiny_config)
 
 # Layer 0 reads the state that layer 2 writes; layer 2 does not read it.
 EARLY_READER = dict(num_layers=3, recurrent_layers=(2,),

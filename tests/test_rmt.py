@@ -8,7 +8,9 @@ import pytest
 import brt
 from brt import memory_tokens
 from brt.sampling import Sampler
-from conftest import apply, init_model, random_tokens, tiny_config
+from conftest import (assert_pieces_equal_one_call,
+                      assert_reset_row_is_fresh, init_model, random_tokens,
+                      run_in_pieces, tiny_config)
 
 RMT = {
     "rmt": dict(memory_tokens=2),
@@ -17,31 +19,13 @@ RMT = {
 }
 
 
-def leaves(tree):
-  return [np.asarray(x, np.float32) for x in jax.tree_util.tree_leaves(tree)]
-
-
-def run_in_pieces(model, variables, tokens, piece, carry=None):
-  carry = model.initial_carry(tokens.shape[0]) if carry is None else carry
-  outs = []
-  for start in range(0, tokens.shape[1], piece):
-    logits, carry = apply(model, variables, tokens[:, start:start + piece],
-                          carry)
-    outs.append(logits)
-  return jnp.concatenate(outs, axis=1), carry
-
-
 @pytest.mark.parametrize("name", sorted(RMT))
 def test_memory_passed_in_the_carry_equals_one_scan(name):
   cfg = tiny_config(**RMT[name])
   model, variables = init_model(cfg)
   tokens = random_tokens(11, 2, 4 * cfg.block_width)
-  whole, carry_whole = run_in_pieces(model, variables, tokens, tokens.shape[1])
-  for piece in (cfg.block_width, 2 * cfg.block_width):
-    pieces, carry_pieces = run_in_pieces(model, variables, tokens, piece)
-    np.testing.assert_allclose(pieces, whole, atol=1e-5, rtol=0)
-    for a, b in zip(leaves(carry_pieces), leaves(carry_whole)):
-      np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+  whole, _ = assert_pieces_equal_one_call(
+      model, variables, tokens, (cfg.block_width, 2 * cfg.block_width))
   # The memory is really carried: a fresh memory gives other logits for the
   # second half.
   w2 = 2 * cfg.block_width
@@ -54,19 +38,9 @@ def test_start_of_sequence_resets_the_memory(name):
   cfg = tiny_config(**RMT[name])
   model, variables = init_model(cfg)
   w = cfg.block_width
-  _, carry = apply(model, variables, random_tokens(12, 2, 3 * w),
-                   model.initial_carry(2))
-  second = random_tokens(13, 2, 2 * w)
-  sos = jnp.array([True, False])
-  reset_logits, reset_carry = apply(model, variables, second, carry, sos)
-  kept_logits, _ = apply(model, variables, second, carry)
-  fresh_logits, fresh_carry = apply(model, variables, second,
-                                    model.initial_carry(2))
-  np.testing.assert_array_equal(reset_logits[0], fresh_logits[0])
-  np.testing.assert_array_equal(reset_logits[1], kept_logits[1])
-  np.testing.assert_array_equal(reset_carry["memory"][0],
-                                fresh_carry["memory"][0])
-  assert np.abs(np.asarray(kept_logits[0] - fresh_logits[0])).max() > 1e-4
+  reset_carry, _ = assert_reset_row_is_fresh(
+      model, variables, random_tokens(12, 2, 3 * w), random_tokens(13, 2, 2 * w))
+  assert "memory" in reset_carry
 
 
 def changed_positions(model, variables, tokens, position, piece):

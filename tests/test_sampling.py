@@ -1,7 +1,6 @@
 """The incremental decoder computes exactly what the full forward pass does,
 and sampling is reproducible and honours its filters."""
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -9,23 +8,8 @@ import numpy as np
 import pytest
 
 from brt.sampling import Sampler, SamplingConfig, choose_tokens
-from conftest import VARIANTS, init_model, random_tokens, tiny_config
-
-
-def teacher_forced_logits(sampler, text, prompt_length):
-  """Prefill `prompt_length` tokens, then decode the rest one token at a time,
-  feeding the true next token; returns the logits of every position."""
-  model, w = sampler.model, sampler.model.config.block_width
-  dec, last = sampler.prefill(text[:, :prompt_length])
-  full, _ = sampler._forward(sampler.variables, text, model.initial_carry(text.shape[0]))
-  outs = [full[:, :prompt_length - 1], last[:, None]]  # prompt via prefill
-  end_block = jax.jit(functools.partial(model.apply, method="end_block"))
-  for t in range(prompt_length, text.shape[1]):
-    logits, dec = sampler._decode(sampler.variables, text[:, t:t + 1], dec)
-    if int(dec["offset"]) == w:
-      dec = end_block(sampler.variables, dec)
-    outs.append(logits)
-  return jnp.concatenate(outs, axis=1), full
+from conftest import (VARIANTS, init_model, random_tokens,
+                      teacher_forced_logits, tiny_config)
 
 
 @pytest.mark.parametrize("name", ["xl", "rec_fixed_skip", "rec_lstm_dual",
