@@ -2,6 +2,7 @@
 answer masks through seqio and the batcher, and the accuracy metric."""
 
 import os
+import tempfile
 
 import numpy as np
 import pytest
@@ -9,17 +10,30 @@ import pytest
 from brt.data import batching, synthetic, tasks
 from brt.evaluation import answer_accuracy, predicted_correctly
 
-BOOKS = "/work/main/data/gutenberg_plays"
-needs_books = pytest.mark.skipif(not os.path.isdir(BOOKS),
-                                 reason="demo corpus not prepared")
+
+def write_books() -> str:
+  """A small corpus in PG19's layout for the passkey task to hide its number
+  in (built at import: the parametrisation below needs its path)."""
+  root = tempfile.mkdtemp(prefix="brt_books_")
+  rng = np.random.RandomState(0)
+  words = ["the", "king", "said", "and", "to", "her", "of", "a", "night",
+           "sword", "my", "lord"]
+  for split in ("train", "validation", "test"):
+    os.makedirs(os.path.join(root, split))
+    for book in range(2):
+      lines = (" ".join(rng.choice(words, 10)) + "." for _ in range(60))
+      with open(os.path.join(root, split, f"book{book}.txt"), "w") as f:
+        f.write("\n".join(lines))
+  return root
+
+
+BOOKS = write_books()
 
 
 def configs():
-  out = [synthetic.CopyConfig(distance=40),
-         synthetic.RetrievalConfig(distance=50, num_pairs=3)]
-  if os.path.isdir(BOOKS):
-    out.append(synthetic.PasskeyConfig(data_dir=BOOKS, distance=90))
-  return out
+  return [synthetic.CopyConfig(distance=40),
+          synthetic.RetrievalConfig(distance=50, num_pairs=3),
+          synthetic.PasskeyConfig(data_dir=BOOKS, distance=90)]
 
 
 def info_end(cfg, text):
