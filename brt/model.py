@@ -218,6 +218,19 @@ def _window_after(prev: dict[str, Array],
       + [v, jnp.zeros_like(v)], axis=1) for k, v in prev.items()}
 
 
+def check_decodable(config: ModelConfig) -> None:
+  """Token-by-token decoding needs each token's output before the block is
+  complete; RMT's write memory, which every token of a block attends to,
+  exists only once the whole block is in."""
+  if config.memory_tokens:
+    raise NotImplementedError(
+        "Incremental decoding does not support RMT memory tokens "
+        "(ModelConfig.memory_tokens > 0): a block's write memory is only "
+        "known once the whole block is in, so token-by-token decoding would "
+        "need the block re-run per token. Sample from a model without memory "
+        "tokens, or re-run model.apply on the text.")
+
+
 def _layer_window(window, i):
   return dict(window, bias=None if window["bias"] is None else window["bias"][i])
 
@@ -317,11 +330,7 @@ class BlockRecurrentTransformer(nn.Module):
     "valid" of the carry, the position in the block ("offset") and the
     states' keys/values ("reads").
     """
-    if self.config.memory_tokens:
-      raise NotImplementedError(
-          "Incremental decoding does not support RMT memory tokens "
-          "(memory_tokens > 0): the write memory needs the whole block. "
-          "Generate by re-running model.apply on the text instead.")
+    check_decodable(self.config)
     memory = [None] * self.config.num_layers
     dec = {"state": carry["state"], "valid": carry["valid"]}
     if "compressed" in carry:

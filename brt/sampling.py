@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from brt.model import BlockRecurrentTransformer
+from brt.model import BlockRecurrentTransformer, check_decodable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,13 +66,7 @@ class Sampler:
 
   def __init__(self, model: BlockRecurrentTransformer, variables,
                prefill_blocks: int = 8):
-    if model.config.memory_tokens:
-      raise NotImplementedError(
-          "The incremental sampler does not support RMT memory tokens "
-          "(ModelConfig.memory_tokens > 0): a block's write memory is only "
-          "known once the whole block is in, so token-by-token decoding "
-          "would need the block re-run per token. Sample from a model "
-          "without memory tokens, or re-run model.apply on the text.")
+    check_decodable(model.config)  # Fail at construction, not mid-prompt.
     self.model = model
     self.variables = variables
     self.prefill_blocks = prefill_blocks

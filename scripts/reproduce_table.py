@@ -22,7 +22,6 @@ cut short still leaves a table of what finished.
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import subprocess
@@ -49,9 +48,9 @@ VARIANTS = {  # gin variant file -> the paper's name
 def run_one(out, size, corpus, variant, seed, steps, extra):
   """Trains and evaluates one run; returns its eval report."""
   workdir = os.path.join(out, f"{corpus}-{variant}-s{seed}")
-  done = glob.glob(os.path.join(workdir, f"eval_test_{steps}.json"))
-  if done:
-    with open(done[0]) as f:
+  report = os.path.join(workdir, f"eval_test_{steps}.json")
+  if os.path.exists(report):
+    with open(report) as f:
       return json.load(f)
   params = [f"TrainConfig.num_steps = {steps}", f"TrainConfig.seed = {seed}",
             "TrainConfig.log_every = 50", "TrainConfig.eval_every = 0",
@@ -73,7 +72,7 @@ def run_one(out, size, corpus, variant, seed, steps, extra):
       raise RuntimeError(f"{workdir} failed:\n{result.stderr[-3000:]}")
   print(f"  {corpus} {variant} seed {seed}: {time.time() - start:.0f} s",
         flush=True)
-  with open(os.path.join(workdir, f"eval_test_{steps}.json")) as f:
+  with open(report) as f:
     return json.load(f)
 
 
