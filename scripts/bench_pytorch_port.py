@@ -14,7 +14,12 @@ segments of 1024.
   growing segment for every token. brt: `Sampler` (prefill, then the
   incremental decoder). Timed: the new tokens, best of `--repeats`.
 - Training, batch 4: one segment of 1024 tokens, forward + backward + an
-  Adam update, median step time after a warm-up.
+  Adam update, median step time after a warm-up. Both sides also report the
+  matmul FLOPs of a training step as computed (the port's counted by
+  torch's FlopCounterMode, brt's from brt/flops.py; the recurrent layers
+  differ, so the two models do not do the same work per token) and the
+  FLOP rate each achieves, which separates "does less work" from "runs its
+  work faster".
 
   .venv/bin/python scripts/bench_pytorch_port.py
   .venv/bin/python scripts/bench_pytorch_port.py --new_tokens 128 --train_steps 3
@@ -88,6 +93,10 @@ def port_child(args) -> dict:
   wrapper.train()
   optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
   seq = torch.randint(0, c["vocab"], (4, c["segment"] + 1))
+  from torch.utils.flop_counter import FlopCounterMode
+  with FlopCounterMode(display=False) as counter:
+    wrapper(seq).backward()
+  optimizer.zero_grad()
   times = []
   for i in range(args.train_steps + 1):
     start = time.perf_counter()
@@ -99,6 +108,7 @@ def port_child(args) -> dict:
       times.append(time.perf_counter() - start)
   return {"sample_tokens_per_s": args.new_tokens / best,
           "train_tokens_per_s": 4 * c["segment"] / statistics.median(times),
+          "train_flops_per_step": counter.get_total_flops(),
           "torch": torch.__version__,
           "params": sum(p.numel() for p in model.parameters())}
 
@@ -114,6 +124,7 @@ def brt_side(args) -> dict:
   import optax
 
   import brt
+  from brt.flops import train_flops_per_token
   from brt.sampling import Sampler, SamplingConfig
   from brt.trainer import TrainState, make_train_step
 
@@ -159,6 +170,7 @@ def brt_side(args) -> dict:
       times.append(time.perf_counter() - start)
   return {"sample_tokens_per_s": args.new_tokens / best,
           "train_tokens_per_s": 4 * c["segment"] / statistics.median(times),
+          "train_flops_per_step": 4 * c["segment"] * train_flops_per_token(cfg),
           "jax": jax.__version__,
           "params": sum(int(np.prod(x.shape))
                         for x in jax.tree_util.tree_leaves(params))}
@@ -190,6 +202,16 @@ def main():
                      ("train_tokens_per_s", "training tokens/s (batch 4)")):
     print(f"{label:28s} {ours[key]:10.1f} {port[key]:10.1f} "
           f"{ours[key] / port[key]:9.2f}")
+  for side in (ours, port):
+    side["train_gflops_per_s"] = (side["train_flops_per_step"] / 1e9
+                                  * side["train_tokens_per_s"] / (4 * CONFIG["segment"]))
+  print(f"{'training GFLOP per step':28s} "
+        f"{ours['train_flops_per_step'] / 1e9:10.1f} "
+        f"{port['train_flops_per_step'] / 1e9:10.1f} "
+        f"{ours['train_flops_per_step'] / port['train_flops_per_step']:9.2f}")
+  print(f"{'training GFLOP/s achieved':28s} {ours['train_gflops_per_s']:10.1f} "
+        f"{port['train_gflops_per_s']:10.1f} "
+        f"{ours['train_gflops_per_s'] / port['train_gflops_per_s']:9.2f}")
   print(f"parameters: brt {ours['params']:,}, port {port['params']:,}")
   os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
   with open(args.out, "w") as f:
