@@ -85,16 +85,27 @@ class Evaluator:
 
   With a `mesh` (the trainer's), batches are this host's rows of a global
   batch sharded over its `data` axis, and the totals are summed over hosts.
+
+  `withhold_state=True` is an ablation: every block starts from the learned
+  initial state (RMT: the initial memory) while the cache of the previous
+  block is kept, so the difference to a plain evaluation is what the model
+  gets from its recurrent memory. The model resets the state at segment
+  starts, so segments must be one block long.
   """
 
-  def __init__(self, model: BlockRecurrentTransformer, mesh=None):
+  def __init__(self, model: BlockRecurrentTransformer, mesh=None,
+               withhold_state: bool = False):
     self.model = model
     self.mesh = mesh
+    self.withhold_state = withhold_state
 
     @jax.jit
     def step(variables, inputs, targets, carry, start_of_sequence):
+      reset_state = (jnp.ones(inputs.shape[:1], bool) if withhold_state
+                     else None)
       logits, carry = model.apply(variables, inputs, carry,
-                                  start_of_sequence=start_of_sequence)
+                                  start_of_sequence=start_of_sequence,
+                                  reset_state=reset_state)
       return (token_nll(logits, targets), predicted_correctly(logits, targets),
               carry)
 
@@ -112,6 +123,13 @@ class Evaluator:
       if max_batches is not None and i >= max_batches:
         break
       inputs = {k: batch[k] for k in _MODEL_FIELDS}
+      width = self.model.config.block_width
+      if self.withhold_state and inputs["inputs"].shape[1] != width:
+        raise ValueError(
+            "Evaluating with the recurrent state withheld resets it at every "
+            f"segment start, so segments must be one block ({width} tokens) "
+            f"long, got {inputs['inputs'].shape[1]}; set "
+            f"TrainConfig.eval_segment_length = {width}.")
       if self.mesh is not None:
         inputs = partitioning.put_batch(inputs, self.mesh)
       if carry is None:

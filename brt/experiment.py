@@ -126,7 +126,9 @@ class Experiment:
 
   def evaluate(self, split: Optional[str] = None, plot: bool = True) -> dict:
     """Whole-document evaluation of the latest checkpoint on a split; writes
-    eval_<split>_<step>.json (and a loss-by-position PNG) to the workdir."""
+    eval_<split>_<step>.json (..._state_withheld.json with
+    TrainConfig.eval_withhold_state) and a loss-by-position PNG to the
+    workdir; the returned dict has the file's path under "path"."""
     split = split or self.data_config.eval_split
     trainer, state = self._restored()
     try:
@@ -134,11 +136,14 @@ class Experiment:
       result = trainer.evaluate(state.params, self.eval_batches(split), step)
     finally:
       trainer.close()
+    withheld = trainer.config.eval_withhold_state
     out = {"step": step, "split": split, "task": self.data_config.task,
-           **result.to_json()}
-    stem = os.path.join(self.workdir, f"eval_{split}_{step}")
+           "state_withheld": withheld, **result.to_json()}
+    stem = os.path.join(self.workdir, f"eval_{split}_{step}"
+                        + ("_state_withheld" if withheld else ""))
     with open(stem + ".json", "w") as f:
       json.dump(out, f, indent=1)
+    out["path"] = stem + ".json"
     if plot:
       plot_loss_by_position({f"step {step}": result}, stem + ".png",
                             title=f"{self.data_config.task} {split}: loss "

@@ -81,7 +81,7 @@ def run(argv) -> None:
     exp.train(with_eval=mode == "train_and_eval")
   elif mode == "eval":
     out = exp.evaluate(_EVAL_SPLIT.value)
-    print(f"wrote {exp.workdir}/eval_{out['split']}_{out['step']}.json")
+    print(f"wrote {out['path']}")
   else:
     prompt = _PROMPT.value
     if _PROMPT_FILE.value:

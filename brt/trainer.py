@@ -55,6 +55,11 @@ class TrainConfig:
   eval_batch_size: Optional[int] = None  # None: batch_size.
   eval_segment_length: Optional[int] = None  # None: segment_length.
   max_eval_batches: Optional[int] = None  # None: the whole split.
+  # Ablation (Evaluator's withhold_state): every block of the evaluation
+  # starts from the learned initial state, the cache kept; needs
+  # eval_segment_length = the block width. Its eval file is named
+  # eval_<split>_<step>_state_withheld.json.
+  eval_withhold_state: bool = False
   checkpoint_every: int = 1000
   keep_checkpoints: int = 3
   async_checkpoints: bool = True
@@ -178,7 +183,8 @@ class Trainer:
         in_shardings=(self._shardings, None),
         out_shardings=(self._shardings, partitioning.replicated(self.mesh)),
         donate_argnums=0)
-    self.evaluator = Evaluator(self.model, mesh=self.mesh)
+    self.evaluator = Evaluator(self.model, mesh=self.mesh,
+                               withhold_state=train_config.eval_withhold_state)
     self.history: list[dict] = []  # Logged train and eval records.
 
   # -- state ---------------------------------------------------------------------

@@ -5,6 +5,7 @@ import os
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from brt.data.batching import eval_batcher
 from brt.data.documents import DocumentSet
@@ -60,3 +61,59 @@ def test_streamed_documents_equal_one_forward_pass_each(tmp_path):
   with open(path, "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   assert os.path.getsize(path) > 1000
+
+
+def _documents(cfg, lengths, seed=1):
+  rng = np.random.RandomState(seed)
+  return DocumentSet.from_token_lists(
+      [rng.randint(0, cfg.vocab_size, n) for n in lengths], cfg.vocab_size)
+
+
+def test_withheld_state_restarts_every_block_from_the_initial_state():
+  cfg = tiny_config(recurrent_layers=(1,))
+  model, variables = init_model(cfg)
+  w = cfg.block_width
+  lengths = [5 * w + 3, 2 * w + 1]
+  docs = _documents(cfg, lengths)
+  batches = lambda: eval_batcher(docs, batch_size=2, segment_length=w)
+  withheld = Evaluator(model, withhold_state=True).run(variables, batches())
+  plain = Evaluator(model).run(variables, batches())
+
+  # By hand: block by block, the carry (and so the cache) passed on, the
+  # state reset at every block.
+  for doc_id, n in enumerate(lengths):
+    tokens = jnp.asarray(docs[doc_id], jnp.int32)[None]
+    inputs = jnp.pad(tokens[:, :-1], ((0, 0), (0, (-(n - 1)) % w)))
+    carry, nll = model.initial_carry(1), 0.0
+    for start in range(0, inputs.shape[1], w):
+      logits, carry = model.apply(variables, inputs[:, start:start + w], carry,
+                                  reset_state=jnp.ones((1,), bool))
+      end = min(start + w, n - 1)
+      nll += float(token_nll(logits[:, :end - start],
+                             tokens[:, start + 1:end + 1]).sum())
+    np.testing.assert_allclose(
+        withheld.per_document[doc_id]["loss"] * (n - 1), nll, rtol=1e-5)
+  # The state mattered: withholding it changed the loss.
+  assert abs(withheld.metrics["loss"] - plain.metrics["loss"]) > 1e-4
+
+
+def test_withholding_the_state_of_a_model_without_one_changes_nothing():
+  cfg = tiny_config()  # Transformer-XL: no recurrent state.
+  model, variables = init_model(cfg)
+  docs = _documents(cfg, [4 * cfg.block_width + 2, 9])
+  batches = lambda: eval_batcher(docs, batch_size=2,
+                                 segment_length=cfg.block_width)
+  withheld = Evaluator(model, withhold_state=True).run(variables, batches())
+  plain = Evaluator(model).run(variables, batches())
+  np.testing.assert_allclose(withheld.metrics["loss"], plain.metrics["loss"],
+                             rtol=1e-6)
+
+
+def test_withholding_the_state_needs_one_block_segments():
+  cfg = tiny_config(recurrent_layers=(1,))
+  model, variables = init_model(cfg)
+  docs = _documents(cfg, [3 * cfg.block_width])
+  with pytest.raises(ValueError, match="eval_segment_length"):
+    Evaluator(model, withhold_state=True).run(
+        variables, eval_batcher(docs, batch_size=1,
+                                segment_length=2 * cfg.block_width))

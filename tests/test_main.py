@@ -119,6 +119,15 @@ def test_train_eval_generate_from_gin_files(tmp_path, corpus):
   assert os.path.getsize(workdir / "eval_test_4.png") > 1000
   # The report keeps the loss-by-position bins, so runs can be compared.
   assert sum(report["position_count"]) == report["metrics"]["num_tokens"]
+  # The state-withheld ablation writes its own file, which plot_eval's
+  # workdir lookup below must not take for the plain evaluation.
+  run(workdir, "--mode=eval", "--eval_split=test",
+      "--gin_param=TrainConfig.eval_withhold_state = True",
+      "--gin_param=TrainConfig.eval_segment_length = 8")
+  withheld = json.loads(
+      (workdir / "eval_test_4_state_withheld.json").read_text())
+  assert withheld["state_withheld"] and not report["state_withheld"]
+  assert withheld["metrics"]["num_tokens"] == report["metrics"]["num_tokens"]
   out = subprocess.run(
       [sys.executable, "-m", "brt.plot_eval", f"--out={tmp_path / 'cmp.png'}",
        f"a={workdir}", f"b={workdir / 'eval_test_4.json'}"],
