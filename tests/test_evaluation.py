@@ -117,3 +117,24 @@ def test_withholding_the_state_needs_one_block_segments():
     Evaluator(model, withhold_state=True).run(
         variables, eval_batcher(docs, batch_size=1,
                                 segment_length=2 * cfg.block_width))
+
+
+def test_position_bins_of_hosts_of_different_lengths_are_summed(monkeypatch):
+  """Each host saw other documents, so its bin arrays have its own length;
+  two hosts are simulated by an all-gather that adds a second host's rows."""
+  from jax.experimental import multihost_utils
+  from brt import evaluation
+  other = {"loss": np.array([1.0, 2.0, 3.0, 4.0]),
+           "count": np.array([1.0, 1.0, 2.0, 2.0])}
+
+  def allgather(x):
+    x = np.asarray(x)
+    if x.ndim == 0:  # The lengths.
+      return np.array([x, len(other["count"])])
+    return np.stack([x, np.stack([other["loss"], other["count"]])])
+
+  monkeypatch.setattr(multihost_utils, "process_allgather", allgather)
+  loss, count = evaluation._sum_bins_over_hosts(  # pylint: disable=protected-access
+      np.array([10.0, 20.0]), np.array([5.0, 6.0]))
+  np.testing.assert_array_equal(loss, [11.0, 22.0, 3.0, 4.0])
+  np.testing.assert_array_equal(count, [6.0, 7.0, 2.0, 2.0])
