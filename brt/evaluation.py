@@ -118,12 +118,12 @@ class Evaluator:
     count = np.zeros(0)
     carry = None
     answers = np.zeros(2)  # Answer tokens right, answer tokens.
+    width = self.model.config.block_width
     has_answers = False
     for i, batch in enumerate(batches):
       if max_batches is not None and i >= max_batches:
         break
       inputs = {k: batch[k] for k in _MODEL_FIELDS}
-      width = self.model.config.block_width
       if self.withhold_state and inputs["inputs"].shape[1] != width:
         raise ValueError(
             "Evaluating with the recurrent state withheld resets it at every "

@@ -134,6 +134,8 @@ def test_train_eval_generate_from_gin_files(tmp_path, corpus):
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-2000:]
   assert out.stdout.count("bits/token") == 2
+  # The workdir argument took the plain evaluation, not the withheld one.
+  assert f"a: {report['metrics']['bits_per_token']:.4f} bits/token" in out.stdout
   assert os.path.getsize(tmp_path / "cmp.png") > 1000
 
   out = run(workdir, "--mode=generate", "--prompt=the king", "--num_tokens=20",
