@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from brt import linear
+
 # Large negative logit for masked keys: exp() of it underflows to exactly 0,
 # so masked keys contribute nothing (not "almost nothing") to the softmax.
 _MASKED = -1e30
@@ -118,8 +120,9 @@ def attend(query: jax.Array, key: jax.Array, value: jax.Array, *,
   per_group = heads // groups
   # Group query heads by the key/value head they share: (B, Q, G, H/G, k).
   grouped = query.reshape(b, q_len, groups, per_group, k_size)
-  logits = jnp.einsum("bqgnd,bkgd->bgnqk", grouped, key,
-                      preferred_element_type=jnp.float32)
+  # Logits in float32 (products accumulated in float32 in any dtype).
+  logits = linear.einsum("bqgnd,bkgd->bgnqk", grouped, key, query.dtype,
+                         out_dtype=jnp.float32)
   scale = jnp.asarray(scale, jnp.float32)
   if scale.ndim:
     scale = scale.reshape(groups, per_group, 1, 1)
@@ -139,7 +142,7 @@ def attend(query: jax.Array, key: jax.Array, value: jax.Array, *,
   if mask is not None:
     logits = jnp.where(as_grouped(mask), logits, _MASKED)
   weights = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
-  out = jnp.einsum("bgnqk,bkgd->bqgnd", weights, value)
+  out = linear.einsum("bgnqk,bkgd->bqgnd", weights, value, value.dtype)
   return out.reshape(b, q_len, heads, k_size)
 
 

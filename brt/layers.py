@@ -7,13 +7,14 @@ device or on a mesh by changing only the rules that map names to mesh axes.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from brt import attention, compressed_memory, memory_tokens
+from brt import attention, compressed_memory, linear, memory_tokens
 from brt.config import ModelConfig
 
 Array = jax.Array
@@ -22,18 +23,17 @@ _ACTIVATIONS = {"gelu": nn.gelu, "relu": nn.relu, "swish": nn.swish}
 
 def dense(features, names, *, axis=-1, dtype=jnp.float32, use_bias=True,
           name=None, bias_init=nn.initializers.zeros):
-  """A DenseGeneral whose kernel and bias carry logical axis names.
+  """A dense layer whose kernel and bias carry logical axis names.
 
+  It contracts the input's last axes: `axis` is -1, or (-n, ..., -1).
   `names` names the kernel's axes (input axes first, then output axes); the
   bias takes the output axes' names.
   """
-  features = (features,) if isinstance(features, int) else tuple(features)
-  return nn.DenseGeneral(
-      features=features, axis=axis, dtype=dtype, use_bias=use_bias, name=name,
-      kernel_init=nn.with_logical_partitioning(
-          nn.initializers.lecun_normal(), names),
-      bias_init=nn.with_logical_partitioning(
-          bias_init, names[-len(features):]))
+  axes = (axis,) if isinstance(axis, int) else tuple(axis)
+  if axes != tuple(range(-len(axes), 0)):
+    raise ValueError(f"dense contracts trailing axes only, got axis={axis}.")
+  return linear.Dense(features, tuple(names), num_axes=len(axes), dtype=dtype,
+                      use_bias=use_bias, bias_init=bias_init, name=name)
 
 
 def layer_norm(name=None, dtype=jnp.float32):
@@ -41,6 +41,22 @@ def layer_norm(name=None, dtype=jnp.float32):
       dtype=dtype, name=name,
       scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
+
+
+def _activation(name, h):
+  """The MLP's nonlinearity. In 16-bit it is computed in float32 and
+  recomputed in the backward pass, which keeps only its 16-bit input: else
+  XLA:CPU stores the intermediates of its formula for every block and
+  converts them all back to float32 before the backward pass (a tenth of a
+  bf16 training step at the bench config)."""
+  if not linear.is_low_precision(h.dtype):
+    return _ACTIVATIONS[name](h)
+  return _recomputed_activation(name, h)
+
+
+@functools.partial(jax.checkpoint, static_argnums=(0,))
+def _recomputed_activation(name, h):
+  return _ACTIVATIONS[name](h.astype(jnp.float32)).astype(h.dtype)
 
 
 class Mlp(nn.Module):
@@ -51,7 +67,7 @@ class Mlp(nn.Module):
     cfg = self.config
     h = dense(cfg.mlp_size, ("embed", "mlp"), dtype=cfg.compute_dtype,
               name="wi")(x)
-    h = _ACTIVATIONS[cfg.mlp_activation](h)
+    h = _activation(cfg.mlp_activation, h)
     h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
     return dense(cfg.d_model, ("mlp", "embed"), dtype=cfg.compute_dtype,
                  name="wo")(h)

@@ -21,13 +21,20 @@ segments of 1024.
   FLOP rate each achieves, which separates "does less work" from "runs its
   work faster".
 
+- `--dtype bfloat16` trains both sides in mixed precision: brt with
+  ModelConfig.dtype="bfloat16" (bf16 products accumulated in float32,
+  float32 parameters; brt/linear.py), the port under
+  `torch.autocast("cpu", dtype=torch.bfloat16)`. Sampling stays float32.
+
   .venv/bin/python scripts/bench_pytorch_port.py
+  .venv/bin/python scripts/bench_pytorch_port.py --dtype bfloat16
   .venv/bin/python scripts/bench_pytorch_port.py --new_tokens 128 --train_steps 3
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -94,13 +101,18 @@ def port_child(args) -> dict:
   optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
   seq = torch.randint(0, c["vocab"], (4, c["segment"] + 1))
   from torch.utils.flop_counter import FlopCounterMode
+  autocast = torch.autocast("cpu", dtype=torch.bfloat16,
+                            enabled=args.dtype == "bfloat16")
   with FlopCounterMode(display=False) as counter:
-    wrapper(seq).backward()
+    with autocast:
+      loss = wrapper(seq)
+    loss.backward()
   optimizer.zero_grad()
   times = []
   for i in range(args.train_steps + 1):
     start = time.perf_counter()
-    loss = wrapper(seq)
+    with autocast:
+      loss = wrapper(seq)
     loss.backward()
     optimizer.step()
     optimizer.zero_grad()
@@ -134,6 +146,9 @@ def brt_side(args) -> dict:
       num_heads=c["heads"], mlp_dim=2048, block_width=c["block"],
       num_states=c["states"], recurrent_layers=(c["recurrent_layer"],))
   model = brt.BlockRecurrentTransformer(cfg)
+  # Trained in --dtype; sampled in float32 (the same parameters serve both).
+  train_model = brt.BlockRecurrentTransformer(
+      dataclasses.replace(cfg, dtype=args.dtype))
   variables = nn.meta.unbox(jax.jit(model.init)(
       jax.random.PRNGKey(0), jnp.zeros((1, c["block"]), jnp.int32),
       model.initial_carry(1)))
@@ -153,9 +168,10 @@ def brt_side(args) -> dict:
   tx = optax.adam(1e-4)
   params = variables["params"]
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                     opt_state=tx.init(params), carry=model.initial_carry(4),
+                     opt_state=tx.init(params),
+                     carry=train_model.initial_carry(4),
                      rng=jax.random.PRNGKey(1))
-  step = jax.jit(make_train_step(model, tx))
+  step = jax.jit(make_train_step(train_model, tx))
   seq = np.random.RandomState(1).randint(0, c["vocab"], (4, c["segment"] + 1))
   batch = {"inputs": jnp.asarray(seq[:, :-1], jnp.int32),
            "targets": jnp.asarray(seq[:, 1:], jnp.int32),
@@ -181,7 +197,10 @@ def main():
   parser.add_argument("--new_tokens", type=int, default=512)
   parser.add_argument("--repeats", type=int, default=2)
   parser.add_argument("--train_steps", type=int, default=5)
-  parser.add_argument("--out", default="bench_results/pytorch_port.json")
+  parser.add_argument("--dtype", choices=("float32", "bfloat16"),
+                      default="float32", help="training precision, both sides")
+  parser.add_argument("--out", default=None,
+                      help="default bench_results/pytorch_port[_bfloat16].json")
   parser.add_argument("--_port_child", action="store_true",
                       help=argparse.SUPPRESS)
   args = parser.parse_args()
@@ -192,11 +211,12 @@ def main():
   python = ensure_port_venv()
   child = [python, __file__, "--_port_child",
            f"--new_tokens={args.new_tokens}", f"--repeats={args.repeats}",
-           f"--train_steps={args.train_steps}"]
+           f"--train_steps={args.train_steps}", f"--dtype={args.dtype}"]
   # One after the other, never at once: each gets every core.
   port = json.loads(subprocess.run(child, check=True, capture_output=True,
                                    text=True).stdout.split("RESULT")[-1])
   ours = brt_side(args)
+  print(f"training in {args.dtype}, sampling in float32")
   print(f"{'':28s} {'brt':>10s} {'port':>10s} {'brt/port':>9s}")
   for key, label in (("sample_tokens_per_s", "sampling tokens/s (batch 1)"),
                      ("train_tokens_per_s", "training tokens/s (batch 4)")):
@@ -213,11 +233,15 @@ def main():
         f"{port['train_gflops_per_s']:10.1f} "
         f"{ours['train_gflops_per_s'] / port['train_gflops_per_s']:9.2f}")
   print(f"parameters: brt {ours['params']:,}, port {port['params']:,}")
-  os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump({"config": CONFIG, "new_tokens": args.new_tokens, "brt": ours,
-               "port": port}, f, indent=2)
-  print(f"wrote {args.out}")
+  out = args.out or ("bench_results/pytorch_port"
+                      + ("" if args.dtype == "float32" else f"_{args.dtype}")
+                      + ".json")
+  os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+  with open(out, "w") as f:
+    json.dump({"config": CONFIG, "new_tokens": args.new_tokens,
+               "train_dtype": args.dtype, "brt": ours, "port": port}, f,
+              indent=2)
+  print(f"wrote {out}")
 
 
 if __name__ == "__main__":

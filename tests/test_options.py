@@ -114,6 +114,33 @@ def test_bfloat16_activations_keep_float32_parameters():
   assert float(jnp.abs(p32 - p16).max()) < 0.1
 
 
+def test_bfloat16_gradients_track_float32_gradients():
+  """The mixed-precision backward (bf16 products accumulated in float32,
+  brt/linear.py) gives float32 gradients pointing where the float32 model's
+  do, for every parameter."""
+  cfg32 = tiny_config(recurrent_layers=(1,))
+  model, variables = init_model(cfg32)
+  model16 = brt.BlockRecurrentTransformer(
+      tiny_config(recurrent_layers=(1,), dtype="bfloat16"))
+  tokens = random_tokens(4, 2, 17)
+
+  def grads(m):
+    def loss(params):
+      logits, _ = m.apply({"params": params}, tokens[:, :-1],
+                          m.initial_carry(2))
+      return -jnp.mean(jnp.take_along_axis(
+          jax.nn.log_softmax(logits), tokens[:, 1:, None], -1))
+    return jax.jit(jax.grad(loss))(variables["params"])
+
+  flat32 = jax.tree_util.tree_leaves_with_path(grads(model))
+  flat16 = jax.tree_util.tree_leaves(grads(model16))
+  for (path, g32), g16 in zip(flat32, flat16):
+    assert g16.dtype == jnp.float32
+    a, b = np.ravel(g32), np.ravel(g16)
+    cosine = a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30)
+    assert cosine > 0.98, (jax.tree_util.keystr(path), cosine)
+
+
 def test_tied_embeddings_share_the_table():
   cfg = tiny_config(tie_embeddings=True)
   model, variables = init_model(cfg)

@@ -1,0 +1,148 @@
+"""The dense layer and the products under every matmul of the model.
+
+With a 16-bit compute dtype (`ModelConfig.dtype`), `einsum` takes 16-bit
+operands and accumulates in float32 (`preferred_element_type`), in the
+backward pass too: jax's own transpose of such a product upcasts the 16-bit
+operand to meet the float32 cotangent, so the backward -- two thirds of a
+training step's matmul FLOPs -- would run in float32. XLA:CPU runs a
+bf16 x bf16 -> f32 product about 1.5x as fast as an f32 one on CPUs with bf16
+dot instructions (AVX512-BF16, AMX), and no faster than f32 when asked for a
+bf16 result; on GPUs and TPUs accumulating in float32 is what the hardware
+does anyway. With float32 compute, `einsum` is `jnp.einsum`.
+
+`Dense` keeps flax's DenseGeneral parameter names, shapes and
+initialisation, so checkpoints carry over.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+_LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+
+
+def is_low_precision(dtype) -> bool:
+  return jnp.dtype(dtype) in _LOW_PRECISION
+
+
+# --- products ---------------------------------------------------------------
+
+
+def einsum(spec: str, a: jax.Array, b: jax.Array, dtype,
+           out_dtype=None) -> jax.Array:
+  """`jnp.einsum(spec, a, b)` computed in `dtype` and accumulated in float32,
+  forward and backward; the result in `out_dtype` (default `dtype`), each
+  gradient in its operand's dtype (float32 for parameters, rounded once)."""
+  dtype = jnp.dtype(dtype)
+  out_dtype = dtype if out_dtype is None else jnp.dtype(out_dtype)
+  if not is_low_precision(dtype):
+    return jnp.einsum(spec, a.astype(dtype), b.astype(dtype),
+                      preferred_element_type=dtype).astype(out_dtype)
+  return _mixed_einsum(spec, dtype, out_dtype, a.dtype, b.dtype, a, b)
+
+
+def transposed_specs(spec: str) -> tuple[str, str]:
+  """The specs of the two backward products of `spec`.
+
+  For c = einsum("A,B->C", a, b): da = einsum("C,B->A", dc, b) and
+  db = einsum("A,C->B", a, dc). This holds when no index repeats and every
+  index of an operand appears in the other operand or in the result (none is
+  summed within one operand alone) -- true of every product in brt.
+  """
+  inputs, out = spec.replace(" ", "").split("->")
+  lhs, rhs = inputs.split(",")
+  for operand, other in ((lhs, rhs), (rhs, lhs)):
+    if len(set(operand)) != len(operand) or any(
+        i not in other and i not in out for i in operand):
+      raise ValueError(
+          f"einsum spec {spec!r}: an index repeats or is summed within one "
+          "operand, which the mixed-precision einsum does not support; sum "
+          "that operand first.")
+  return f"{out},{rhs}->{lhs}", f"{lhs},{out}->{rhs}"
+
+
+def _product(spec, a, b, out_dtype):
+  return jnp.einsum(spec, a, b,
+                    preferred_element_type=jnp.float32).astype(out_dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3, 4))
+def _mixed_einsum(spec, dtype, out_dtype, a_dtype, b_dtype, a, b):
+  del a_dtype, b_dtype  # For the backward pass.
+  return _product(spec, a.astype(dtype), b.astype(dtype), out_dtype)
+
+
+def _mixed_einsum_fwd(spec, dtype, out_dtype, a_dtype, b_dtype, a, b):
+  del a_dtype, b_dtype
+  # The 16-bit operands are the residuals: half the memory of float32 ones.
+  a, b = a.astype(dtype), b.astype(dtype)
+  return _product(spec, a, b, out_dtype), (a, b)
+
+
+def _mixed_einsum_bwd(spec, dtype, out_dtype, a_dtype, b_dtype, residuals, g):
+  del out_dtype
+  a, b = residuals
+  spec_a, spec_b = transposed_specs(spec)
+  g = g.astype(dtype)
+  return _product(spec_a, g, b, a_dtype), _product(spec_b, a, g, b_dtype)
+
+
+_mixed_einsum.defvjp(_mixed_einsum_fwd, _mixed_einsum_bwd)
+
+
+def contract(x: jax.Array, kernel: jax.Array, num_axes: int, dtype):
+  """Contracts x's last `num_axes` axes with kernel's first ones."""
+  letters = "abcdefghijklmnopqrstuvwxyz"
+  free = x.ndim - num_axes
+  xs = letters[:x.ndim]
+  ks = xs[free:] + letters[x.ndim:x.ndim + kernel.ndim - num_axes]
+  out = xs[:free] + ks[num_axes:]
+  return einsum(f"{xs},{ks}->{out}", x, kernel, dtype)
+
+
+# --- layers -------------------------------------------------------------------
+
+
+def _canonical(features) -> tuple[int, ...]:
+  return (features,) if isinstance(features, int) else tuple(features)
+
+
+class Dense(nn.Module):
+  """flax's DenseGeneral contracting the input's last `num_axes` axes, with
+  logical axis names on its parameters (`names`: the kernel's axes, input
+  axes first; the bias takes the output axes' names)."""
+  features: int | Sequence[int]
+  names: Sequence[str | None]
+  num_axes: int = 1
+  dtype: jnp.dtype = jnp.float32
+  use_bias: bool = True
+  bias_init: Callable = nn.initializers.zeros
+
+  @nn.compact
+  def __call__(self, x):
+    features = _canonical(self.features)
+    fan_in = x.shape[x.ndim - self.num_axes:]
+
+    def kernel_init(rng, shape, dtype=jnp.float32):
+      # Initialised as a (fan_in, fan_out) matrix, as DenseGeneral does, so
+      # that lecun_normal sees the true fan-in.
+      flat = (math.prod(fan_in), math.prod(features))
+      return nn.initializers.lecun_normal()(rng, flat, dtype).reshape(shape)
+
+    kernel = self.param(
+        "kernel", nn.with_logical_partitioning(kernel_init, tuple(self.names)),
+        fan_in + features, jnp.float32)
+    y = contract(x, kernel, self.num_axes, self.dtype)
+    if self.use_bias:
+      bias = self.param(
+          "bias", nn.with_logical_partitioning(
+              self.bias_init, tuple(self.names)[-len(features):]),
+          features, jnp.float32)
+      y = y + bias.astype(self.dtype)
+    return y

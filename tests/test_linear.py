@@ -1,0 +1,118 @@
+"""brt/linear.py: the dense layer and the mixed-precision products."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from brt import linear
+
+# The products brt takes: attention logits and outputs, a dense layer, and a
+# dense layer contracting three axes (the attention output projection).
+SPECS = {
+    "bqgnd,bkgd->bgnqk": ((2, 5, 2, 3, 8), (2, 7, 2, 8)),
+    "bgnqk,bkgd->bqgnd": ((2, 2, 3, 5, 7), (2, 7, 2, 8)),
+    "abc,cdef->abdef": ((2, 5, 16), (16, 2, 3, 8)),
+    "abcde,cdef->abf": ((2, 5, 2, 3, 8), (2, 3, 8, 16)),
+}
+
+
+def _bf16_exact(shape, seed):
+  """Random values that bf16 represents exactly, so that a bf16 product
+  accumulated in float32 equals the float32 product up to summation order."""
+  x = np.random.RandomState(seed).randn(*shape).astype(np.float32)
+  return jnp.asarray(x).astype(jnp.bfloat16).astype(jnp.float32)
+
+
+@pytest.mark.parametrize("spec", sorted(SPECS))
+def test_transposed_specs_give_jax_gradients(spec):
+  a_shape, b_shape = SPECS[spec]
+  a, b = _bf16_exact(a_shape, 0), _bf16_exact(b_shape, 1)
+  out, vjp = jax.vjp(lambda a, b: jnp.einsum(spec, a, b), a, b)
+  g = _bf16_exact(out.shape, 2)
+  spec_a, spec_b = linear.transposed_specs(spec)
+  da, db = vjp(g)
+  np.testing.assert_allclose(jnp.einsum(spec_a, g, b), da, rtol=1e-5,
+                             atol=1e-5)
+  np.testing.assert_allclose(jnp.einsum(spec_b, a, g), db, rtol=1e-5,
+                             atol=1e-5)
+
+
+@pytest.mark.parametrize("spec", ["ab,bc->a", "aa,ab->b", "ab,cd->ad"])
+def test_unsupported_specs_are_refused(spec):
+  with pytest.raises(ValueError, match="mixed-precision einsum"):
+    linear.transposed_specs(spec)
+
+
+@pytest.mark.parametrize("spec", sorted(SPECS))
+def test_mixed_einsum_equals_float32_product_and_gradients(spec):
+  """With bf16-exact operands and cotangent, every product -- forward and
+  both backward -- accumulates in float32 and matches float32 arithmetic;
+  gradients come back in each operand's dtype."""
+  a_shape, b_shape = SPECS[spec]
+  a, b = _bf16_exact(a_shape, 3), _bf16_exact(b_shape, 4)
+  want, want_vjp = jax.vjp(lambda a, b: jnp.einsum(spec, a, b), a, b)
+  got, got_vjp = jax.vjp(
+      lambda a, b: linear.einsum(spec, a, b, jnp.bfloat16,
+                                 out_dtype=jnp.float32), a, b)
+  assert got.dtype == jnp.float32
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  g = _bf16_exact(want.shape, 5)
+  for got_grad, want_grad in zip(got_vjp(g), want_vjp(g)):
+    assert got_grad.dtype == jnp.float32  # The operand's dtype, not bf16.
+    np.testing.assert_allclose(got_grad, want_grad, rtol=1e-5, atol=1e-5)
+
+
+def _dot_generals(jaxpr):
+  found = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      found.append(eqn)
+    for sub in jax.core.jaxprs_in_params(eqn.params):
+      found += _dot_generals(sub)
+  return found
+
+
+def test_mixed_backward_products_take_bf16_and_accumulate_in_float32():
+  """jax's default transpose would upcast the bf16 operand to meet the float32
+  cotangent; the custom VJP keeps all three products bf16 x bf16 -> f32."""
+  spec = "abc,cdef->abdef"
+  a, b = _bf16_exact(SPECS[spec][0], 6), _bf16_exact(SPECS[spec][1], 7)
+  loss = lambda a, b: jnp.sum(linear.einsum(spec, a, b, jnp.bfloat16) ** 2)
+  jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(a, b).jaxpr
+  dots = _dot_generals(jaxpr)
+  assert len(dots) == 3
+  for eqn in dots:
+    assert [v.aval.dtype for v in eqn.invars] == [jnp.bfloat16] * 2
+    assert eqn.outvars[0].aval.dtype == jnp.float32
+
+
+def test_float32_einsum_is_jnp_einsum():
+  spec = "abc,cdef->abdef"
+  a, b = _bf16_exact(SPECS[spec][0], 8), _bf16_exact(SPECS[spec][1], 9)
+  np.testing.assert_array_equal(linear.einsum(spec, a, b, jnp.float32),
+                                jnp.einsum(spec, a, b))
+
+
+@pytest.mark.parametrize("features,num_axes,x_shape", [
+    (16, 1, (2, 5, 8)),
+    ((2, 3, 4), 1, (2, 5, 8)),
+    (8, 3, (2, 5, 2, 3, 4)),
+])
+def test_dense_matches_flax_dense_general(features, num_axes, x_shape):
+  """Same parameters from the same key (names, shapes, values) and the same
+  outputs as flax's DenseGeneral, so checkpoints carry over."""
+  x = jnp.asarray(np.random.RandomState(0).randn(*x_shape), jnp.float32)
+  ours = linear.Dense(features, ("a",) * (num_axes + (
+      1 if isinstance(features, int) else len(features))), num_axes=num_axes)
+  flax_dense = nn.DenseGeneral(features, axis=tuple(range(-num_axes, 0)))
+  key = jax.random.PRNGKey(0)
+  ours_params = nn.meta.unbox(ours.init(key, x))
+  flax_params = flax_dense.init(key, x)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, ours_params,
+                         flax_params)
+  # A non-zero bias, so that its broadcast is checked too.
+  params = jax.tree_util.tree_map(lambda p: p + 0.5, flax_params)
+  np.testing.assert_allclose(ours.apply(params, x),
+                             flax_dense.apply(params, x), rtol=1e-6, atol=1e-6)
