@@ -1,13 +1,16 @@
 """Model throughput benchmark: forward+backward tokens/s and MFU.
 
 MFU is the achieved matmul FLOP/s of a training step (analytic count,
-brt/flops.py) divided by the FLOP/s of a plain float32 matmul measured in the
-same run on the same device, so the ratio holds on a shared, noisy machine.
+brt/flops.py) divided by the FLOP/s of a plain matmul in the model's dtype
+(--dtype bfloat16: bf16 operands accumulated in float32, as brt/linear.py
+computes them) measured in the same run on the same device, so the ratio
+holds on a shared, noisy machine.
 Also reports compile time at two segment lengths (it should not grow: one
 compiled block step, scanned).
 
   .venv/bin/python scripts/bench_model.py                 # bench config, all variants
   .venv/bin/python scripts/bench_model.py --variants rec_fixed_skip --steps 5
+  .venv/bin/python scripts/bench_model.py --dtype bfloat16 --out bench_results/model_bf16.json
 """
 
 from __future__ import annotations
@@ -50,9 +53,10 @@ def timed(fn, *args, repeats, warmup=True, reduce=statistics.median):
   return reduce(times)
 
 
-def matmul_flops_per_second(n: int, repeats: int) -> float:
-  a = jnp.asarray(np.random.RandomState(0).randn(n, n), jnp.float32)
-  matmul = jax.jit(lambda x, y: x @ y)
+def matmul_flops_per_second(n: int, repeats: int, dtype=jnp.float32) -> float:
+  a = jnp.asarray(np.random.RandomState(0).randn(n, n), dtype)
+  matmul = jax.jit(lambda x, y: jnp.dot(x, y,
+                                        preferred_element_type=jnp.float32))
   return 2 * n ** 3 / timed(matmul, a, a, repeats=repeats)
 
 
@@ -111,7 +115,8 @@ def main():
   parser.add_argument("--batch", type=int, default=4)
   parser.add_argument("--segment", type=int, default=1024)
   parser.add_argument("--steps", type=int, default=10)
-  parser.add_argument("--dtype", default="float32")
+  parser.add_argument("--dtype", default="float32",
+                      choices=("float32", "bfloat16"))
   parser.add_argument("--remat", action="store_true")
   parser.add_argument("--matmul_size", type=int, default=2048)
   parser.add_argument("--out", default="bench_results/model.json")
@@ -120,13 +125,14 @@ def main():
   device = jax.devices()[0]
   print(f"device: {device.device_kind} ({jax.default_backend()}), "
         f"jax {jax.__version__}")
-  peak_before = matmul_flops_per_second(args.matmul_size, repeats=args.steps)
+  dtype = jnp.dtype(args.dtype)
+  peak_before = matmul_flops_per_second(args.matmul_size, args.steps, dtype)
   rows = [bench_variant(name, args) for name in args.variants]
   # Measure the reference matmul before and after; keep the better, so that
   # MFU is never flattered by a slow reference measurement.
   peak = max(peak_before, matmul_flops_per_second(args.matmul_size,
-                                                  repeats=args.steps))
-  print(f"f32 matmul {args.matmul_size}^3: {peak / 1e9:.1f} GFLOP/s")
+                                                  args.steps, dtype))
+  print(f"{args.dtype} matmul {args.matmul_size}^3: {peak / 1e9:.1f} GFLOP/s")
   header = (f"{'variant':16s} {'tokens/s':>9s} {'step s':>7s} {'GFLOP/s':>8s} "
             f"{'MFU':>6s} {'compile 1x':>10s} {'compile 4x':>10s}")
   print(header)
