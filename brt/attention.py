@@ -118,31 +118,43 @@ def attend(query: jax.Array, key: jax.Array, value: jax.Array, *,
   b, q_len, heads, k_size = query.shape
   groups = key.shape[2]
   per_group = heads // groups
-  # Group query heads by the key/value head they share: (B, Q, G, H/G, k).
-  grouped = query.reshape(b, q_len, groups, per_group, k_size)
-  # Logits in float32 (products accumulated in float32 in any dtype).
-  logits = linear.einsum("bqgnd,bkgd->bgnqk", grouped, key, query.dtype,
-                         out_dtype=jnp.float32)
-  scale = jnp.asarray(scale, jnp.float32)
-  if scale.ndim:
-    scale = scale.reshape(groups, per_group, 1, 1)
-  logits = logits * scale
+  grouped = per_group > 1
+  if grouped:
+    # Query heads grouped by the key/value head they share: (B, Q, G, H/G, k).
+    query = query.reshape(b, q_len, groups, per_group, k_size)
+    qk, pv = "bkgd,bqgnd->bgnqk", "bgnqk,bkgd->bqgnd"
+  else:
+    # Plain heads take 4-D products: XLA:CPU runs the attention's forward
+    # and backward a fifth faster than with a size-1 group axis.
+    qk, pv = "bkhd,bqhd->bhqk", "bhqk,bkhd->bqhd"
 
-  def as_grouped(x):
-    """(B?, H, Q, K) broadcastable -> (B?, G, H/G, Q, K) broadcastable."""
+  def logits_shaped(x):
+    """(B?, H, Q, K) broadcastable -> (B?, H, Q, K), or (B?, G, H/G, Q, K)
+    when grouped."""
     x = jnp.asarray(x)
     while x.ndim < 4:
       x = x[None]
+    if not grouped:
+      return x
     if x.shape[1] == 1:
       return x[:, :, None]
     return x.reshape(x.shape[0], groups, per_group, *x.shape[2:])
 
+  # Logits in float32 (products accumulated in float32 in any dtype). Keys
+  # come first: XLA:CPU (jaxlib 0.10) has no kernel for the bf16 x bf16 ->
+  # f32 product "bqhd,bhqk->bkhd" that the other order's backward pass takes
+  # (tests/test_linear.py runs every spec brt uses).
+  logits = linear.einsum(qk, key, query, query.dtype, out_dtype=jnp.float32)
+  scale = jnp.asarray(scale, jnp.float32)
+  if scale.ndim:
+    scale = logits_shaped(scale[:, None, None])[0]  # Per head.
+  logits = logits * scale
   if bias is not None:
-    logits = logits + as_grouped(bias).astype(jnp.float32)
+    logits = logits + logits_shaped(bias).astype(jnp.float32)
   if mask is not None:
-    logits = jnp.where(as_grouped(mask), logits, _MASKED)
+    logits = jnp.where(logits_shaped(mask), logits, _MASKED)
   weights = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
-  out = linear.einsum("bgnqk,bkgd->bqgnd", weights, value, value.dtype)
+  out = linear.einsum(pv, weights, value, value.dtype)
   return out.reshape(b, q_len, heads, k_size)
 
 

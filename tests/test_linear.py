@@ -11,7 +11,9 @@ from brt import linear
 # The products brt takes: attention logits and outputs, a dense layer, and a
 # dense layer contracting three axes (the attention output projection).
 SPECS = {
-    "bqgnd,bkgd->bgnqk": ((2, 5, 2, 3, 8), (2, 7, 2, 8)),
+    "bkgd,bqgnd->bgnqk": ((2, 7, 2, 8), (2, 5, 2, 3, 8)),
+    "bkhd,bqhd->bhqk": ((2, 7, 4, 8), (2, 5, 4, 8)),
+    "bhqk,bkhd->bqhd": ((2, 4, 5, 7), (2, 7, 4, 8)),
     "bgnqk,bkgd->bqgnd": ((2, 2, 3, 5, 7), (2, 7, 2, 8)),
     "abc,cdef->abdef": ((2, 5, 16), (16, 2, 3, 8)),
     "abcde,cdef->abf": ((2, 5, 2, 3, 8), (2, 3, 8, 16)),
