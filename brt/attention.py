@@ -118,6 +118,8 @@ def attend(query: jax.Array, key: jax.Array, value: jax.Array, *,
   b, q_len, heads, k_size = query.shape
   groups = key.shape[2]
   per_group = heads // groups
+  if q_len == 1:
+    return _attend_one_query(query, key, value, scale, bias, mask)
   grouped = per_group > 1
   if grouped:
     # Query heads grouped by the key/value head they share: (B, Q, G, H/G, k).
@@ -156,6 +158,32 @@ def attend(query: jax.Array, key: jax.Array, value: jax.Array, *,
   weights = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
   out = linear.einsum(pv, weights, value, value.dtype)
   return out.reshape(b, q_len, heads, k_size)
+
+
+def _attend_one_query(query, key, value, scale, bias, mask):
+  """`attend` for a single query per row (incremental decoding), as
+  elementwise products and sums over the keys/values in their (B, K, G, k)
+  layout: a dot would first transpose the whole window to put the heads in
+  front, every layer and every token."""
+  b, _, heads, k_size = query.shape
+  groups, out_dtype = key.shape[2], value.dtype
+  q = query[:, 0].reshape(b, 1, groups, heads // groups, k_size)
+  key = key.astype(jnp.float32)[:, :, :, None]  # (B, K, G, 1, k)
+  logits = jnp.sum(key * q.astype(jnp.float32), axis=-1)  # (B, K, G, H/G)
+  logits = logits.reshape(b, -1, heads).transpose(0, 2, 1)[:, :, None]
+  scale = jnp.asarray(scale, jnp.float32)
+  if scale.ndim:
+    scale = scale[:, None, None]  # Per head.
+  logits = logits * scale  # (B, H, 1, K)
+  if bias is not None:
+    logits = logits + jnp.asarray(bias, jnp.float32)
+  if mask is not None:
+    logits = jnp.where(mask, logits, _MASKED)
+  weights = jax.nn.softmax(logits, axis=-1)[:, :, 0].transpose(0, 2, 1)
+  weights = weights.reshape(b, -1, groups, heads // groups, 1)
+  value = value.astype(jnp.float32)[:, :, :, None]  # (B, K, G, 1, k)
+  out = jnp.sum(weights * value, axis=1)  # (B, G, H/G, k)
+  return out.reshape(b, 1, heads, k_size).astype(out_dtype)
 
 
 def _dot_product_attention(query, key, value, *, scale, bias, mask):

@@ -44,6 +44,34 @@ def test_attend_kernels_agree_with_bias_and_mask(kv_heads, per_head_scale):
     np.testing.assert_allclose(a, e, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("kv_heads", [4, 1])
+@pytest.mark.parametrize("per_head_scale", [False, True])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_one_query_rows_equal_the_block_path(kv_heads, per_head_scale, dtype):
+  """Decoding attends one query at a time (its own elementwise path, no
+  dot); each row must equal that row of the whole block's attention."""
+  rng = np.random.RandomState(7)
+  b, nq, nk, h, d = 2, 3, 6, 4, 8
+  q = jnp.asarray(rng.randn(b, nq, h, d), dtype)
+  k = jnp.asarray(rng.randn(b, nk, kv_heads, d), dtype)
+  v = jnp.asarray(rng.randn(b, nk, kv_heads, d), dtype)
+  bias = jnp.asarray(rng.randn(h, nq, nk), jnp.float32)
+  mask = rng.rand(b, 1, nq, nk) > 0.4
+  mask[..., 0] = True
+  scale = jnp.asarray(rng.rand(h) + 0.5) if per_head_scale else 0.4
+  block = attention.attend(q, k, v, scale=scale, bias=bias,
+                           mask=jnp.asarray(mask))
+  tol = 1e-5 if dtype == jnp.float32 else 2e-2
+  for i in range(nq):
+    row = attention.attend(q[:, i:i + 1], k, v, scale=scale,
+                           bias=bias[:, i:i + 1],
+                           mask=jnp.asarray(mask[:, :, i:i + 1]))
+    assert row.dtype == block.dtype
+    np.testing.assert_allclose(np.asarray(row, np.float32),
+                               np.asarray(block[:, i:i + 1], np.float32),
+                               atol=tol, rtol=tol)
+
+
 @pytest.mark.parametrize("overrides", [
     # T5 bias, masks over cache and compressed memory, a recurrent layer.
     dict(recurrent_layers=(1,), compressed_mem_factor=2),
