@@ -110,7 +110,7 @@ def attend(query: jax.Array, key: jax.Array, value: jax.Array, *,
       Every query must see at least one key.
     impl: "einsum" (below, the reference) or "dot_product_attention".
   Returns:
-    (B, Q, H, k) in the query's dtype.
+    (B, Q, H, k) in the value's dtype.
   """
   if impl == "dot_product_attention":
     return _dot_product_attention(query, key, value, scale=scale, bias=bias,
