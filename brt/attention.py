@@ -162,9 +162,9 @@ def attend(query: jax.Array, key: jax.Array, value: jax.Array, *,
 
 def _attend_one_query(query, key, value, scale, bias, mask):
   """`attend` for a single query per row (incremental decoding), as
-  elementwise products and sums over the keys/values in their (B, K, G, k)
-  layout: a dot would first transpose the whole window to put the heads in
-  front, every layer and every token."""
+  elementwise products and sums in float32 over the keys/values in their
+  (B, K, G, k) layout: a dot would first transpose the whole window to put
+  the heads in front, every layer and every token."""
   b, _, heads, k_size = query.shape
   groups, out_dtype = key.shape[2], value.dtype
   q = query[:, 0].reshape(b, 1, groups, heads // groups, k_size)
