@@ -150,14 +150,22 @@ def attend(query: jax.Array, key: jax.Array, value: jax.Array, *,
   scale = jnp.asarray(scale, jnp.float32)
   if scale.ndim:
     scale = logits_shaped(scale[:, None, None])[0]  # Per head.
+  weights = _softmax(logits, scale,
+                     None if bias is None else logits_shaped(bias),
+                     None if mask is None else logits_shaped(mask))
+  out = linear.einsum(pv, weights.astype(value.dtype), value, value.dtype)
+  return out.reshape(b, q_len, heads, k_size)
+
+
+def _softmax(logits, scale, bias, mask):
+  """The attention weights, float32: scale, add the bias, hide masked keys;
+  each broadcastable to the logits."""
   logits = logits * scale
   if bias is not None:
-    logits = logits + logits_shaped(bias).astype(jnp.float32)
+    logits = logits + jnp.asarray(bias).astype(jnp.float32)
   if mask is not None:
-    logits = jnp.where(logits_shaped(mask), logits, _MASKED)
-  weights = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
-  out = linear.einsum(pv, weights, value, value.dtype)
-  return out.reshape(b, q_len, heads, k_size)
+    logits = jnp.where(mask, logits, _MASKED)
+  return jax.nn.softmax(logits, axis=-1)
 
 
 def _attend_one_query(query, key, value, scale, bias, mask):
@@ -174,12 +182,8 @@ def _attend_one_query(query, key, value, scale, bias, mask):
   scale = jnp.asarray(scale, jnp.float32)
   if scale.ndim:
     scale = scale[:, None, None]  # Per head.
-  logits = logits * scale  # (B, H, 1, K)
-  if bias is not None:
-    logits = logits + jnp.asarray(bias, jnp.float32)
-  if mask is not None:
-    logits = jnp.where(mask, logits, _MASKED)
-  weights = jax.nn.softmax(logits, axis=-1)[:, :, 0].transpose(0, 2, 1)
+  weights = _softmax(logits, scale, bias, mask)  # (B, H, 1, K)
+  weights = weights[:, :, 0].transpose(0, 2, 1)
   weights = weights.reshape(b, -1, groups, heads // groups, 1)
   value = value.astype(jnp.float32)[:, :, :, None]  # (B, K, G, 1, k)
   out = jnp.sum(weights * value, axis=1)  # (B, G, H/G, k)
