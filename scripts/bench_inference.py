@@ -5,7 +5,8 @@
   decoder keeps two blocks of keys/values and the state, whatever came
   before).
 - Evaluation memory: peak RSS of a fresh process that evaluates one document
-  of each length (it should be flat in the document's length).
+  of each length (it should be flat in the document's length), and on a
+  GPU/TPU the peak device memory its allocator held.
 
   .venv/bin/python scripts/bench_inference.py
   .venv/bin/python scripts/bench_inference.py --prompts 1024 4096 --new_tokens 128
@@ -30,7 +31,7 @@ import brt
 from brt.sampling import Sampler, SamplingConfig
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_model import BENCH, VARIANTS  # noqa: E402  (the same configs)
+from bench_model import BENCH, VARIANTS, peak_device_mib  # noqa: E402  (the same configs)
 
 
 def build(variant):
@@ -68,9 +69,13 @@ def bench_sampling(variant, prompts, new_tokens, repeats):
 
 def eval_peak_rss(variant, length, segment):
   """Peak RSS (MiB) of a fresh process evaluating one document of `length`."""
+  # On a GPU this process already holds most of the device's memory (jax
+  # preallocates 75%); the child allocates what it uses as it goes instead,
+  # which is also what makes its peak mean something.
+  env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
   out = subprocess.run(
       [sys.executable, __file__, "--_eval_child", variant, str(length),
-       str(segment)], capture_output=True, text=True, check=True)
+       str(segment)], capture_output=True, text=True, check=True, env=env)
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -86,6 +91,7 @@ def _eval_child(variant, length, segment):
   seconds = time.perf_counter() - start
   peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   print(json.dumps({"length": length, "peak_rss_mib": peak_mib,
+                    "peak_device_mib": peak_device_mib(jax.devices()[0]),
                     "seconds": seconds,
                     "bits_per_token": result.metrics["bits_per_token"]}))
 
@@ -106,7 +112,8 @@ def main():
                 int(args._eval_child[2]))
     return
 
-  print(f"device: {jax.devices()[0].device_kind}, variant {args.variant}")
+  print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}, "
+        f"variant {args.variant}")
   sampling = bench_sampling(args.variant, args.prompts, args.new_tokens,
                             args.repeats)
   print(f"{'prompt':>8s} {'prefill s':>10s} {'ms/token':>9s} {'tokens/s':>9s}")
@@ -118,14 +125,21 @@ def main():
 
   memory = [eval_peak_rss(args.variant, n, args.eval_segment)
             for n in args.eval_lengths]
-  print(f"{'doc tokens':>10s} {'peak RSS MiB':>13s} {'eval s':>8s}")
+  print(f"{'doc tokens':>10s} {'peak RSS MiB':>13s} {'device MiB':>11s} "
+        f"{'eval s':>8s}")
   for r in memory:
-    print(f"{r['length']:10d} {r['peak_rss_mib']:13.0f} {r['seconds']:8.1f}")
+    dev = r["peak_device_mib"]
+    print(f"{r['length']:10d} {r['peak_rss_mib']:13.0f} "
+          f"{'-' if dev is None else f'{dev:.0f}':>11s} {r['seconds']:8.1f}")
   print(f"peak RSS, longest / shortest document: "
         f"{memory[-1]['peak_rss_mib'] / memory[0]['peak_rss_mib']:.3f}")
+  if memory[0]["peak_device_mib"]:
+    print(f"peak device memory, longest / shortest document: "
+          f"{memory[-1]['peak_device_mib'] / memory[0]['peak_device_mib']:.3f}")
   os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
   with open(args.out, "w") as f:
-    json.dump({"sampling": sampling, "eval_memory": memory}, f, indent=2)
+    json.dump({"device": jax.devices()[0].device_kind, "sampling": sampling,
+               "eval_memory": memory}, f, indent=2)
   print(f"wrote {args.out}")
 
 

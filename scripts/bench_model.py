@@ -6,11 +6,17 @@ brt/flops.py) divided by the FLOP/s of a plain matmul in the model's dtype
 computes them) measured in the same run on the same device, so the ratio
 holds on a shared, noisy machine.
 Also reports compile time at two segment lengths (it should not grow: one
-compiled block step, scanned).
+compiled block step, scanned), and on devices that track it (GPU, TPU) the
+peak device memory of the run.
+
+`--size paper` takes the paper's model instead (12 layers, d_model 1024, 8
+heads of 128, MLP 4096, W 512, 512 states, recurrent layer 10, a 32k
+vocabulary, segments of 4096): a size for an accelerator, not this CPU.
 
   .venv/bin/python scripts/bench_model.py                 # bench config, all variants
   .venv/bin/python scripts/bench_model.py --variants rec_fixed_skip --steps 5
   .venv/bin/python scripts/bench_model.py --dtype bfloat16 --out bench_results/model_bf16.json
+  python scripts/bench_model.py --size paper --dtype bfloat16 --variants xl rec_fixed_skip
 """
 
 from __future__ import annotations
@@ -33,12 +39,25 @@ from brt import flops
 # MLP 2048, W 128, 128 states, recurrent layer 4, segment 1024, batch 4.
 BENCH = dict(vocab_size=256, num_layers=6, d_model=512, num_heads=8,
              mlp_dim=2048, block_width=128, num_states=128)
-VARIANTS = {
-    "xl": dict(),
-    "rec_fixed_skip": dict(recurrent_layers=(4,)),
-    "rec_lstm_dual": dict(recurrent_layers=(4,), gate="lstm", gate_variant="dual"),
-    "feedback": dict(recurrent_layers=(4,), feedback=True),
-}
+# The paper's model, as configs/sizes/paper.gin with the PG19 vocabulary.
+PAPER = dict(vocab_size=32000, num_layers=12, d_model=1024, num_heads=8,
+             mlp_dim=4096, block_width=512, num_states=512)
+SIZES = {"bench": dict(model=BENCH, recurrent_layer=4, segment=1024),
+         "paper": dict(model=PAPER, recurrent_layer=10, segment=4096)}
+
+
+def variants(recurrent_layer: int) -> dict:
+  """The benchmarked variants, with the recurrent layer at the given index."""
+  rec = (recurrent_layer,)
+  return {
+      "xl": dict(),
+      "rec_fixed_skip": dict(recurrent_layers=rec),
+      "rec_lstm_dual": dict(recurrent_layers=rec, gate="lstm", gate_variant="dual"),
+      "feedback": dict(recurrent_layers=rec, feedback=True),
+  }
+
+
+VARIANTS = variants(SIZES["bench"]["recurrent_layer"])
 
 
 def timed(fn, *args, repeats, warmup=True, reduce=statistics.median):
@@ -76,9 +95,19 @@ def make_train_step(model):
   return step
 
 
+def peak_device_mib(device) -> float | None:
+  """Peak bytes the device's allocator has held (GPU/TPU), else None (CPU)."""
+  stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+  if not stats or "peak_bytes_in_use" not in stats:
+    return None
+  return stats["peak_bytes_in_use"] / 2 ** 20
+
+
 def bench_variant(name, args):
-  cfg = brt.ModelConfig(**BENCH, **VARIANTS[name], remat=args.remat,
-                        dtype=args.dtype)
+  size = SIZES[args.size]
+  cfg = brt.ModelConfig(**size["model"],
+                        **variants(size["recurrent_layer"])[name],
+                        remat=args.remat, dtype=args.dtype)
   model = brt.BlockRecurrentTransformer(cfg)
   batch, seg = args.batch, args.segment
   carry = model.initial_carry(batch)
@@ -90,13 +119,15 @@ def bench_variant(name, args):
   step = make_train_step(model)
 
   compile_s = {}
-  for length in (seg, 4 * seg):
+  for length in (seg, 4 * seg) if args.compile_check else (seg,):
     toks = jnp.zeros((batch, length + 1), jnp.int32)
     start = time.perf_counter()
-    step.lower(params, toks, carry).compile()
+    compiled = step.lower(params, toks, carry).compile()
     compile_s[length] = time.perf_counter() - start
+    if length == seg:
+      compiled_step = compiled  # timed below: no second compile
 
-  seconds = timed(step, params, tokens, carry, repeats=args.steps)
+  seconds = timed(compiled_step, params, tokens, carry, repeats=args.steps)
   tokens_per_s = batch * seg / seconds
   achieved = tokens_per_s * flops.train_flops_per_token(cfg)
   return {
@@ -105,6 +136,9 @@ def bench_variant(name, args):
       "model_tflops_per_s": achieved / 1e12,
       "compile_s": {str(k): v for k, v in compile_s.items()},
       "params": sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params)),
+      # Cumulative over the run so far: variants run in order, and the
+      # largest one sets it.
+      "peak_device_mib_so_far": peak_device_mib(jax.devices()[0]),
   }
 
 
@@ -112,19 +146,33 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--variants", nargs="+", default=list(VARIANTS),
                       choices=list(VARIANTS))
+  parser.add_argument("--size", choices=list(SIZES), default="bench")
   parser.add_argument("--batch", type=int, default=4)
-  parser.add_argument("--segment", type=int, default=1024)
+  parser.add_argument("--segment", type=int, default=None,
+                      help="default: the size's (bench 1024, paper 4096)")
   parser.add_argument("--steps", type=int, default=10)
   parser.add_argument("--dtype", default="float32",
                       choices=("float32", "bfloat16"))
   parser.add_argument("--remat", action="store_true")
-  parser.add_argument("--matmul_size", type=int, default=2048)
+  parser.add_argument("--compile_check", action=argparse.BooleanOptionalAction,
+                      default=True,
+                      help="also compile at 4x the segment (compile time "
+                           "should not grow)")
+  parser.add_argument("--matmul_size", type=int, default=None,
+                      help="reference matmul size; default 2048 on CPU, "
+                           "8192 on an accelerator (2048^3 is too small to "
+                           "fill one)")
   parser.add_argument("--out", default="bench_results/model.json")
   args = parser.parse_args()
+  args.segment = args.segment or SIZES[args.size]["segment"]
 
   device = jax.devices()[0]
-  print(f"device: {device.device_kind} ({jax.default_backend()}), "
-        f"jax {jax.__version__}")
+  backend = jax.default_backend()
+  args.matmul_size = args.matmul_size or (2048 if backend == "cpu" else 8192)
+  print(f"device: {device.device_kind} ({backend}), jax {jax.__version__}, "
+        f"size {args.size}, batch {args.batch}, segment {args.segment}, "
+        f"{args.dtype}, default matmul precision "
+        f"{jax.config.jax_default_matmul_precision or 'backend default'}")
   dtype = jnp.dtype(args.dtype)
   reference = lambda: matmul_flops_per_second(args.matmul_size, args.steps,
                                               dtype)
@@ -139,17 +187,21 @@ def main():
   peak = max(references)
   print(f"{args.dtype} matmul {args.matmul_size}^3: {peak / 1e9:.1f} GFLOP/s")
   header = (f"{'variant':16s} {'tokens/s':>9s} {'step s':>7s} {'GFLOP/s':>8s} "
-            f"{'MFU':>6s} {'compile 1x':>10s} {'compile 4x':>10s}")
+            f"{'MFU':>6s} {'compile 1x':>10s} {'compile 4x':>10s} "
+            f"{'peak MiB':>9s}")
   print(header)
   for row in rows:
     row["mfu"] = row["model_tflops_per_s"] * 1e12 / peak
-    c = list(row["compile_s"].values())
+    c = [f"{v:9.1f}s" for v in row["compile_s"].values()] + [f"{'-':>10s}"]
+    mem = row["peak_device_mib_so_far"]
     print(f"{row['variant']:16s} {row['tokens_per_s']:9.0f} {row['step_s']:7.3f} "
           f"{row['model_tflops_per_s'] * 1e3:8.1f} {row['mfu']:6.1%} "
-          f"{c[0]:9.1f}s {c[1]:9.1f}s")
+          f"{c[0]} {c[1]} {'-' if mem is None else f'{mem:.0f}':>9s}")
   os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
   with open(args.out, "w") as f:
-    json.dump({"device": device.device_kind, "matmul_flops_per_s": peak,
+    json.dump({"device": device.device_kind, "backend": backend,
+               "jax": jax.__version__, "size": args.size,
+               "matmul_size": args.matmul_size, "matmul_flops_per_s": peak,
                "matmul_flops_per_s_measured": references, "rows": rows}, f,
               indent=2)
   print(f"wrote {args.out}")

@@ -26,6 +26,12 @@ segments of 1024.
   float32 parameters; brt/linear.py), the port under
   `torch.autocast("cpu", dtype=torch.bfloat16)`. Sampling stays float32.
 
+- On a GPU host both sides run on the GPU: brt on jax's default device,
+  the port on CUDA when torch sees one (autocast then on "cuda", and the
+  clocks read after a synchronize). `--port_python` names an interpreter
+  that already has torch and the port (e.g. one without network access to
+  build `.venv-port`).
+
   .venv/bin/python scripts/bench_pytorch_port.py
   .venv/bin/python scripts/bench_pytorch_port.py --dtype bfloat16
   .venv/bin/python scripts/bench_pytorch_port.py --new_tokens 128 --train_steps 3
@@ -74,7 +80,15 @@ def port_child(args) -> dict:
   import torch
   from block_recurrent_transformer_pytorch import (BlockRecurrentTransformer,
                                                     RecurrentTrainerWrapper)
-  torch.set_num_threads(os.cpu_count())
+  device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+  if device.type == "cpu":
+    torch.set_num_threads(os.cpu_count())
+
+  def clock():  # CUDA runs asynchronously: wait for it before reading the time
+    if device.type == "cuda":
+      torch.cuda.synchronize()
+    return time.perf_counter()
+
   torch.manual_seed(0)
   c = CONFIG
   model = BlockRecurrentTransformer(
@@ -82,26 +96,26 @@ def port_child(args) -> dict:
       dim_head=c["head_dim"], heads=c["heads"], ff_mult=4,
       max_seq_len=c["segment"], block_width=c["block"],
       num_state_vectors=c["states"],
-      recurrent_layers=(c["recurrent_layer"] + 1,))  # 1-based there
+      recurrent_layers=(c["recurrent_layer"] + 1,)).to(device)  # 1-based there
 
-  prompt = torch.randint(0, c["vocab"], (1, c["segment"]))
+  prompt = torch.randint(0, c["vocab"], (1, c["segment"]), device=device)
   best = float("inf")
   for _ in range(args.repeats):
     model.eval()
     with torch.no_grad():
       _, memories, states = model(prompt, return_memories_and_states=True)
-      start = time.perf_counter()
+      start = clock()
       out = model.generate(prompt[:, -1:], length=args.new_tokens + 1,
                            xl_memories=memories, states=states)
-      best = min(best, time.perf_counter() - start)
+      best = min(best, clock() - start)
   assert out.shape[-1] == args.new_tokens
 
   wrapper = RecurrentTrainerWrapper(model)
   wrapper.train()
   optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-  seq = torch.randint(0, c["vocab"], (4, c["segment"] + 1))
+  seq = torch.randint(0, c["vocab"], (4, c["segment"] + 1), device=device)
   from torch.utils.flop_counter import FlopCounterMode
-  autocast = torch.autocast("cpu", dtype=torch.bfloat16,
+  autocast = torch.autocast(device.type, dtype=torch.bfloat16,
                             enabled=args.dtype == "bfloat16")
   with FlopCounterMode(display=False) as counter:
     with autocast:
@@ -110,18 +124,20 @@ def port_child(args) -> dict:
   optimizer.zero_grad()
   times = []
   for i in range(args.train_steps + 1):
-    start = time.perf_counter()
+    start = clock()
     with autocast:
       loss = wrapper(seq)
     loss.backward()
     optimizer.step()
     optimizer.zero_grad()
     if i:  # the first step warms up
-      times.append(time.perf_counter() - start)
+      times.append(clock() - start)
   return {"sample_tokens_per_s": args.new_tokens / best,
           "train_tokens_per_s": 4 * c["segment"] / statistics.median(times),
           "train_flops_per_step": counter.get_total_flops(),
           "torch": torch.__version__,
+          "device": (torch.cuda.get_device_name() if device.type == "cuda"
+                     else "cpu"),
           "params": sum(p.numel() for p in model.parameters())}
 
 
@@ -188,6 +204,7 @@ def brt_side(args) -> dict:
           "train_tokens_per_s": 4 * c["segment"] / statistics.median(times),
           "train_flops_per_step": 4 * c["segment"] * train_flops_per_token(cfg),
           "jax": jax.__version__,
+          "device": jax.devices()[0].device_kind,
           "params": sum(int(np.prod(x.shape))
                         for x in jax.tree_util.tree_leaves(params))}
 
@@ -201,6 +218,9 @@ def main():
                       default="float32", help="training precision, both sides")
   parser.add_argument("--out", default=None,
                       help="default bench_results/pytorch_port[_bfloat16].json")
+  parser.add_argument("--port_python", default=None,
+                      help="an interpreter with torch and the port installed; "
+                           "default: build .venv-port")
   parser.add_argument("--_port_child", action="store_true",
                       help=argparse.SUPPRESS)
   args = parser.parse_args()
@@ -208,7 +228,7 @@ def main():
     print("RESULT" + json.dumps(port_child(args)))
     return
 
-  python = ensure_port_venv()
+  python = args.port_python or ensure_port_venv()
   child = [python, __file__, "--_port_child",
            f"--new_tokens={args.new_tokens}", f"--repeats={args.repeats}",
            f"--train_steps={args.train_steps}", f"--dtype={args.dtype}"]
@@ -216,7 +236,8 @@ def main():
   port = json.loads(subprocess.run(child, check=True, capture_output=True,
                                    text=True).stdout.split("RESULT")[-1])
   ours = brt_side(args)
-  print(f"training in {args.dtype}, sampling in float32")
+  print(f"brt on {ours['device']}, port on {port['device']}; "
+        f"training in {args.dtype}, sampling in float32")
   print(f"{'':28s} {'brt':>10s} {'port':>10s} {'brt/port':>9s}")
   for key, label in (("sample_tokens_per_s", "sampling tokens/s (batch 1)"),
                      ("train_tokens_per_s", "training tokens/s (batch 4)")):

@@ -2,6 +2,7 @@
 
 import itertools
 import os
+import sys
 
 import gin
 import pytest
@@ -56,6 +57,22 @@ def test_paper_size_is_the_papers_model():
   assert train.segment_length == 4096 and opt.name == "adafactor"
   xl4, _, _ = build(["sizes/paper.gin", "variants/xl_4w.gin"])
   assert xl4.block_width == 4 * model.block_width
+
+
+def test_bench_paper_size_is_the_gin_paper_size():
+  """scripts/bench_model.py --size paper benchmarks what the gin files train."""
+  sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
+  import bench_model  # pylint: disable=import-outside-toplevel
+  paper = bench_model.SIZES["paper"]
+  model, train, _ = build(["sizes/paper.gin", "variants/rec_fixed_skip.gin",
+                           "tasks/pg19_tokens.gin"])
+  bench = ModelConfig(**paper["model"], **bench_model.variants(
+      paper["recurrent_layer"])["rec_fixed_skip"])
+  for field in ("vocab_size", "num_layers", "d_model", "num_heads", "mlp_dim",
+                "block_width", "num_states", "recurrent_layers", "gate",
+                "gate_variant"):
+    assert getattr(bench, field) == getattr(model, field), field
+  assert paper["segment"] == train.segment_length
 
 
 def test_options_and_overrides_apply_in_order():

@@ -2,6 +2,7 @@
 
 import flax.linen as nn
 import jax
+import jax.extend.core  # jaxprs_in_params (no longer in jax.core from 0.11)
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -71,7 +72,7 @@ def _dot_generals(jaxpr):
   for eqn in jaxpr.eqns:
     if eqn.primitive.name == "dot_general":
       found.append(eqn)
-    for sub in jax.core.jaxprs_in_params(eqn.params):
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
       found += _dot_generals(sub)
   return found
 
