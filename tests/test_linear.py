@@ -91,6 +91,39 @@ def test_mixed_backward_products_take_bf16_and_accumulate_in_float32():
     assert eqn.outvars[0].aval.dtype == jnp.float32
 
 
+def test_scanned_residuals_are_not_converted_to_float32_in_full():
+  """Under a scan, the bf16 residuals are stacked over the steps. XLA:CPU
+  slices bf16 through float32 and hoists that conversion out of the backward
+  loop, so a float32 copy of every stacked residual appeared before it (a
+  sixth of a bf16 training step); the residuals are kept as uint16 bits so
+  that none is made."""
+  steps, rows, width = 7, 3, 16
+  rng = np.random.RandomState(0)
+  x0 = jnp.asarray(rng.randn(rows, width), jnp.float32)
+  ws = jnp.asarray(rng.randn(steps, width, width) / 4, jnp.float32)
+
+  def loss(x0, ws):
+    def body(x, w):
+      y = linear.einsum("ab,bc->ac", x, w, jnp.bfloat16)
+      return y.astype(jnp.float32), None
+    return jnp.sum(jax.lax.scan(body, x0, ws)[0] ** 2)
+
+  grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+  hlo = grad.lower(x0, ws).compile().as_text()
+  entry = hlo[hlo.index("\nENTRY"):]
+  entry = entry[:entry.index("\n}")]
+  # The stacked residual x: (steps, rows, width), outside the loops.
+  assert f"f32[{steps},{rows},{width}]" not in entry
+  # The gradients are still right.
+  want = jax.grad(lambda x0, ws: jnp.sum(jax.lax.scan(
+      lambda x, w: (jnp.dot(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16),
+                            preferred_element_type=jnp.float32)
+                    .astype(jnp.bfloat16).astype(jnp.float32), None),
+      x0, ws)[0] ** 2), argnums=(0, 1))(x0, ws)
+  for got, expected in zip(grad(x0, ws), want):
+    np.testing.assert_allclose(got, expected, rtol=0.05, atol=0.05)
+
+
 def test_float32_einsum_is_jnp_einsum():
   spec = "abc,cdef->abdef"
   a, b = _bf16_exact(SPECS[spec][0], 8), _bf16_exact(SPECS[spec][1], 9)
