@@ -380,10 +380,13 @@ class BlockRecurrentTransformer(nn.Module):
     window = {"mask": jnp.asarray(mask), "bias": None, "sin": None,
               "cos": None}
     if cfg.position == "t5":
+      # Float32 in every dtype: the softmax adds it in float32, and as a
+      # constant of the block scan its gradient is summed over the blocks
+      # in its own dtype (in bf16 that sum also cost a conversion per block).
       window["bias"] = jnp.stack([
           getattr(self, f"relpos_{i}")(offset, length)
           for i in range(cfg.num_layers)
-      ]).astype(cfg.compute_dtype)
+      ])
     else:
       sin, cos = attention.rotary_tables(positions, cfg.head_size,
                                          cfg.rotary_base)
