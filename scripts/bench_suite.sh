@@ -17,6 +17,8 @@ set -u
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-.venv/bin/python}
+# brt from this checkout, whichever python runs it (installed or not).
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 OUT=${OUT:-bench_results/suite}
 LIMIT_S=${BENCH_TIMEOUT:-3600}  # per benchmark
 PORT_ARGS=()
