@@ -10,9 +10,10 @@
 #       whose python already has jax for its accelerator, torch and the port
 #
 # Benchmarks (in this order by default): model, model_bf16 (bench config,
-# every variant; compile time against segment length in float32), paper (the paper's 12 x 1024 model in bf16, XL and
-# Rec:fixed:skip; accelerators only, unless named), port, port_bf16 (side
-# by side with the PyTorch port), scaling, inference.
+# every variant; compile time against segment length in float32), paper
+# (the paper's 12 x 1024 model in bf16, XL and Rec:fixed:skip; accelerators
+# only, unless named), port, port_bf16 (side by side with the PyTorch
+# port), scaling, inference.
 set -u
 cd "$(dirname "$0")/.."
 

@@ -114,6 +114,14 @@ def test_bfloat16_activations_keep_float32_parameters():
   assert float(jnp.abs(p32 - p16).max()) < 0.1
 
 
+def test_bfloat16_model_keeps_the_position_bias_in_float32():
+  """The relative-position bias is a constant of the block scan: its gradient
+  is summed over the blocks in the bias's dtype, so it must stay float32."""
+  model, variables = init_model(tiny_config(dtype="bfloat16"))
+  window = model.apply(variables, method=lambda m: m._window())  # pylint: disable=protected-access
+  assert window["bias"].dtype == jnp.float32
+
+
 def test_bfloat16_gradients_track_float32_gradients():
   """The mixed-precision backward (bf16 products accumulated in float32,
   brt/linear.py) gives float32 gradients pointing where the float32 model's
