@@ -89,6 +89,11 @@ class ModelConfig:
   attention_impl: str = "einsum"
   # Everything else.
   mlp_activation: str = "gelu"
+  # Biases of the MLP, the attention output projections, the unembedding and
+  # the layer norms. False: scale-only norms and bias-free products, as in
+  # T5, PaLM and the PyTorch port (the gates keep theirs: they set what the
+  # state remembers at the start).
+  use_bias: bool = True
   dropout_rate: float = 0.0
   remat: bool = False  # Recompute each block step in the backward pass.
   dtype: str = "float32"  # Activation dtype; parameters stay float32.

@@ -260,10 +260,10 @@ class BlockRecurrentTransformer(nn.Module):
     if cfg.position == "t5":
       for i in range(cfg.num_layers):
         setattr(self, f"relpos_{i}", RelativePositionBias(cfg))
-    self.ln_final = layer_norm()
+    self.ln_final = layer_norm(cfg)
     if not cfg.tie_embeddings:
       self.unembed = dense(cfg.vocab_size, ("embed", "vocab"),
-                           dtype=cfg.compute_dtype)
+                           dtype=cfg.compute_dtype, use_bias=cfg.use_bias)
 
   def initial_carry(self, batch_size: int) -> Carry:
     return initial_carry(self.config, batch_size)

@@ -21,8 +21,10 @@ VARIANTS = {
     "feedback_fixed": dict(recurrent_layers=(1,), feedback=True),
     "feedback_lstm_dual": dict(recurrent_layers=(1,), feedback=True,
                                gate="lstm", gate_variant="dual"),
-    "two_rec_rotary_mqa_qknorm": dict(recurrent_layers=(0, 1), position="rotary",
-                                      multi_query=True, qk_norm=True),
+    # The PyTorch port's choices (bench_pytorch_port.py) and then some.
+    "two_rec_rotary_mqa_qknorm_nobias": dict(
+        recurrent_layers=(0, 1), position="rotary", multi_query=True,
+        qk_norm=True, use_bias=False),
 }
 
 

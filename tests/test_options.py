@@ -1,14 +1,18 @@
-"""Model options: dropout, remat, bfloat16, tied embeddings, and the
+"""Model options: dropout, remat, bfloat16, biases, tied embeddings, and the
 attention and position arithmetic against plain reference computations."""
 
+import dataclasses
+
+import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import brt
-from brt import attention
-from conftest import apply, init_model, random_tokens, tiny_config
+from brt import attention, layers
+from conftest import apply, init_model, jax_leaves, random_tokens, tiny_config
 
 
 def test_t5_buckets_known_values():
@@ -147,6 +151,60 @@ def test_bfloat16_gradients_track_float32_gradients():
     a, b = np.ravel(g32), np.ravel(g16)
     cosine = a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30)
     assert cosine > 0.98, (jax.tree_util.keystr(path), cosine)
+
+
+def test_bias_free_model_is_the_biased_model_with_zero_biases():
+  """use_bias=False drops exactly the biases of the products and layer norms
+  (the gates keep theirs), and computes what the biased model computes when
+  those biases are zero."""
+  cfg = tiny_config(recurrent_layers=(1,), gate="lstm", gate_variant="dual")
+  model, variables = init_model(cfg)
+  free = brt.BlockRecurrentTransformer(dataclasses.replace(cfg, use_bias=False))
+  _, free_shapes = init_model(free.config)
+  biased = flax.traverse_util.flatten_dict(variables["params"])
+  kept = flax.traverse_util.flatten_dict(free_shapes["params"])
+  dropped = sorted("/".join(k) for k in biased.keys() - kept.keys())
+  assert dropped and all(k.endswith("/bias") and "gate" not in k
+                         for k in dropped), dropped
+  assert any("gate" in "/".join(k) and k[-1] == "bias" for k in kept)
+  zeroed = {k: jnp.zeros_like(v) if k not in kept else v
+            for k, v in biased.items()}
+  tokens = random_tokens(5, 2, 12)
+  want, want_carry = apply(
+      model, {"params": flax.traverse_util.unflatten_dict(zeroed)}, tokens,
+      model.initial_carry(2))
+  got, got_carry = apply(
+      free, {"params": flax.traverse_util.unflatten_dict(
+          {k: biased[k] for k in kept})}, tokens, free.initial_carry(2))
+  np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+  for a, b in zip(jax_leaves(got_carry), jax_leaves(want_carry)):
+    np.testing.assert_allclose(a, b, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_mlp_recomputes_its_activation_instead_of_storing_it(dtype):
+  """The backward pass keeps two hidden-sized arrays of the MLP (the
+  activation's input, and its output for wo's weight gradient), not the
+  intermediates of GELU's formula; the gradients are those of the plain
+  formula."""
+  cfg = tiny_config(dtype=dtype)
+  mlp = layers.Mlp(cfg)
+  x = jnp.asarray(np.random.RandomState(6).randn(3, cfg.d_model), jnp.float32)
+  params = nn.meta.unbox(mlp.init(jax.random.PRNGKey(0), x, True))
+  _, vjp = jax.vjp(lambda p, x: mlp.apply(p, x, True), params, x)
+  hidden = [r for r in jax.tree_util.tree_leaves(vjp)
+            if r.shape == (3, cfg.mlp_size)]
+  assert len(hidden) == 2, [r.shape for r in jax.tree_util.tree_leaves(vjp)]
+  if dtype == "float32":
+    def plain(p, x):
+      p = p["params"]
+      h = jax.nn.gelu(x @ p["wi"]["kernel"] + p["wi"]["bias"])
+      return h @ p["wo"]["kernel"] + p["wo"]["bias"]
+    loss = lambda f: lambda p, x: jnp.sum(jnp.sin(f(p, x)))
+    got = jax.grad(loss(lambda p, x: mlp.apply(p, x, True)), (0, 1))(params, x)
+    want = jax.grad(loss(plain), (0, 1))(params, x)
+    for a, b in zip(jax_leaves(got), jax_leaves(want)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_tied_embeddings_share_the_table():
