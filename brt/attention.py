@@ -120,23 +120,33 @@ def attend(query: jax.Array, key: jax.Array, value: jax.Array, *,
   per_group = heads // groups
   if q_len == 1:
     return _attend_one_query(query, key, value, scale, bias, mask)
-  grouped = per_group > 1
-  if grouped:
-    # Query heads grouped by the key/value head they share: (B, Q, G, H/G, k).
+  # The logits' layout: "bhqk" (plain heads), "bgnqk" (query heads grouped
+  # by the key/value head they share) or "bqhk" (multi-query).
+  if groups == 1 and heads > 1:
+    # Multi-query: every head's queries are more rows of one product with
+    # the single key/value head, so the logits and the output come out in
+    # the queries' own (B, Q, H, .) layout, and nothing is transposed.
+    layout = "bqhk"
+    key, value = key[:, :, 0], value[:, :, 0]
+    qk, pv = "bkd,bqhd->bqhk", "bqhk,bkd->bqhd"
+  elif per_group > 1:
+    layout = "bgnqk"
     query = query.reshape(b, q_len, groups, per_group, k_size)
     qk, pv = "bkgd,bqgnd->bgnqk", "bgnqk,bkgd->bqgnd"
   else:
     # Plain heads take 4-D products: XLA:CPU runs the attention's forward
     # and backward a fifth faster than with a size-1 group axis.
+    layout = "bhqk"
     qk, pv = "bkhd,bqhd->bhqk", "bhqk,bkhd->bqhd"
 
   def logits_shaped(x):
-    """(B?, H, Q, K) broadcastable -> (B?, H, Q, K), or (B?, G, H/G, Q, K)
-    when grouped."""
+    """(B?, H, Q, K) broadcastable -> broadcastable to the logits."""
     x = jnp.asarray(x)
     while x.ndim < 4:
       x = x[None]
-    if not grouped:
+    if layout == "bqhk":
+      return jnp.swapaxes(x, 1, 2)
+    if layout == "bhqk":
       return x
     if x.shape[1] == 1:
       return x[:, :, None]

@@ -1,14 +1,24 @@
 """The dense layer and the products under every matmul of the model.
 
-With a 16-bit compute dtype (`ModelConfig.dtype`), `einsum` takes 16-bit
-operands and accumulates in float32 (`preferred_element_type`), in the
-backward pass too: jax's own transpose of such a product upcasts the 16-bit
-operand to meet the float32 cotangent, so the backward -- two thirds of a
-training step's matmul FLOPs -- would run in float32. XLA:CPU runs a
-bf16 x bf16 -> f32 product about 1.5x as fast as an f32 one on CPUs with bf16
-dot instructions (AVX512-BF16, AMX), and no faster than f32 when asked for a
-bf16 result; on GPUs and TPUs accumulating in float32 is what the hardware
-does anyway. With float32 compute, `einsum` is `jnp.einsum`.
+Every product goes through one custom VJP (`einsum`), whose backward pass
+is the two transposed products written out (`transposed_specs`):
+
+- With a 16-bit compute dtype (`ModelConfig.dtype`), all three products
+  take 16-bit operands and accumulate in float32 (`preferred_element_type`).
+  jax's own transpose of such a product upcasts the 16-bit operand to meet
+  the float32 cotangent, so the backward -- two thirds of a training step's
+  matmul FLOPs -- would run in float32. XLA:CPU runs a bf16 x bf16 -> f32
+  product about 1.5x as fast as an f32 one on CPUs with bf16 dot
+  instructions (AVX512-BF16, AMX), and no faster than f32 when asked for a
+  bf16 result; on GPUs and TPUs accumulating in float32 is what the
+  hardware does anyway.
+- In float32 a dense layer is one 2-D product, (rows, fan-in) x (fan-in,
+  fan-out), whatever its axes (`contract`), so that its weight gradient is
+  one (fan-in, rows) x (rows, fan-out) product. Contracting several row
+  axes at once, XLA:CPU instead transposed the cotangent for the weight
+  gradient, fused into whatever computed it: the MLP's activation gradient
+  was written out at a stride (6% of a float32 training step without
+  biases; 4-6% of the step came back).
 
 `Dense` keeps flax's DenseGeneral parameter names, shapes and
 initialisation, so checkpoints carry over.
@@ -41,10 +51,7 @@ def einsum(spec: str, a: jax.Array, b: jax.Array, dtype,
   gradient in its operand's dtype (float32 for parameters, rounded once)."""
   dtype = jnp.dtype(dtype)
   out_dtype = dtype if out_dtype is None else jnp.dtype(out_dtype)
-  if not is_low_precision(dtype):
-    return jnp.einsum(spec, a.astype(dtype), b.astype(dtype),
-                      preferred_element_type=dtype).astype(out_dtype)
-  return _mixed_einsum(spec, dtype, out_dtype, a.dtype, b.dtype, a, b)
+  return _einsum(spec, dtype, out_dtype, a.dtype, b.dtype, a, b)
 
 
 def transposed_specs(spec: str) -> tuple[str, str]:
@@ -62,7 +69,7 @@ def transposed_specs(spec: str) -> tuple[str, str]:
         i not in other and i not in out for i in operand):
       raise ValueError(
           f"einsum spec {spec!r}: an index repeats or is summed within one "
-          "operand, which the mixed-precision einsum does not support; sum "
+          "operand, which brt's einsum does not support; sum "
           "that operand first.")
   return f"{out},{rhs}->{lhs}", f"{lhs},{out}->{rhs}"
 
@@ -73,46 +80,62 @@ def _product(spec, a, b, out_dtype):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3, 4))
-def _mixed_einsum(spec, dtype, out_dtype, a_dtype, b_dtype, a, b):
-  return _mixed_einsum_fwd(spec, dtype, out_dtype, a_dtype, b_dtype, a, b)[0]
+def _einsum(spec, dtype, out_dtype, a_dtype, b_dtype, a, b):
+  return _einsum_fwd(spec, dtype, out_dtype, a_dtype, b_dtype, a, b)[0]
 
 
-def _mixed_einsum_fwd(spec, dtype, out_dtype, a_dtype, b_dtype, a, b):
+def _einsum_fwd(spec, dtype, out_dtype, a_dtype, b_dtype, a, b):
   del a_dtype, b_dtype  # For the backward pass.
-  # The 16-bit operands are the residuals: half the memory of float32 ones.
-  # They are kept as their bits (uint16). Under a scan, each is stacked over
-  # the blocks; XLA:CPU slices 16-bit floats through float32 and then hoists
-  # that conversion out of the backward loop, converting every stacked
-  # residual to float32 and back in full (a sixth of a bf16 training step at
-  # the bench config). Integers are sliced as they are. The bitcasts are
-  # free on every backend.
   a, b = a.astype(dtype), b.astype(dtype)
   return _product(spec, a, b, out_dtype), (_to_bits(a), _to_bits(b))
 
 
+# 16-bit operands are the residuals: half the memory of float32 ones. They
+# are kept as their bits (uint16). Under a scan, each is stacked over the
+# blocks; XLA:CPU slices 16-bit floats through float32 and then hoists that
+# conversion out of the backward loop, converting every stacked residual to
+# float32 and back in full (a sixth of a bf16 training step at the bench
+# config). Integers are sliced as they are. The bitcasts are free on every
+# backend.
 def _to_bits(x):
+  if not is_low_precision(x.dtype):
+    return x
   return jax.lax.bitcast_convert_type(x, jnp.uint16)
 
 
-def _mixed_einsum_bwd(spec, dtype, out_dtype, a_dtype, b_dtype, residuals, g):
+def _from_bits(x, dtype):
+  if not is_low_precision(dtype):
+    return x
+  return jax.lax.bitcast_convert_type(x, dtype)
+
+
+def _einsum_bwd(spec, dtype, out_dtype, a_dtype, b_dtype, residuals, g):
   del out_dtype
-  a, b = (jax.lax.bitcast_convert_type(r, dtype) for r in residuals)
+  a, b = (_from_bits(r, dtype) for r in residuals)
   spec_a, spec_b = transposed_specs(spec)
   g = g.astype(dtype)
   return _product(spec_a, g, b, a_dtype), _product(spec_b, a, g, b_dtype)
 
 
-_mixed_einsum.defvjp(_mixed_einsum_fwd, _mixed_einsum_bwd)
+_einsum.defvjp(_einsum_fwd, _einsum_bwd)
 
 
 def contract(x: jax.Array, kernel: jax.Array, num_axes: int, dtype):
-  """Contracts x's last `num_axes` axes with kernel's first ones."""
-  letters = "abcdefghijklmnopqrstuvwxyz"
-  free = x.ndim - num_axes
-  xs = letters[:x.ndim]
-  ks = xs[free:] + letters[x.ndim:x.ndim + kernel.ndim - num_axes]
-  out = xs[:free] + ks[num_axes:]
-  return einsum(f"{xs},{ks}->{out}", x, kernel, dtype)
+  """Contracts x's last `num_axes` axes with kernel's first ones; in float32
+  as one 2-D product (see the module's docstring)."""
+  free, fan_in = x.shape[:x.ndim - num_axes], x.shape[x.ndim - num_axes:]
+  if is_low_precision(dtype):
+    # Flattened, XLA:CPU's bf16 weight gradient (fan-in, rows) x (rows,
+    # fan-out) leaves its fast kernel: the step was a tenth slower. In this
+    # form it transposes the activation and takes the fast one.
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    xs = letters[:x.ndim]
+    ks = xs[len(free):] + letters[x.ndim:x.ndim + kernel.ndim - num_axes]
+    return einsum(f"{xs},{ks}->{xs[:len(free)] + ks[num_axes:]}", x, kernel,
+                  dtype)
+  y = einsum("ri,io->ro", x.reshape(-1, math.prod(fan_in)),
+             kernel.reshape(math.prod(fan_in), -1), dtype)
+  return y.reshape(free + kernel.shape[num_axes:])
 
 
 # --- layers -------------------------------------------------------------------

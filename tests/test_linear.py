@@ -9,13 +9,17 @@ import pytest
 
 from brt import linear
 
-# The products brt takes: attention logits and outputs, a dense layer, and a
-# dense layer contracting three axes (the attention output projection).
+# The products brt takes: attention logits and outputs (plain, grouped and
+# multi-query heads), and dense layers: one 2-D product in float32; in 16-bit
+# contracting one axis or three (the attention output projection).
 SPECS = {
     "bkgd,bqgnd->bgnqk": ((2, 7, 2, 8), (2, 5, 2, 3, 8)),
     "bkhd,bqhd->bhqk": ((2, 7, 4, 8), (2, 5, 4, 8)),
+    "bkd,bqhd->bqhk": ((2, 7, 8), (2, 5, 4, 8)),
     "bhqk,bkhd->bqhd": ((2, 4, 5, 7), (2, 7, 4, 8)),
     "bgnqk,bkgd->bqgnd": ((2, 2, 3, 5, 7), (2, 7, 2, 8)),
+    "bqhk,bkd->bqhd": ((2, 5, 4, 7), (2, 7, 8)),
+    "ri,io->ro": ((10, 16), (16, 24)),
     "abc,cdef->abdef": ((2, 5, 16), (16, 2, 3, 8)),
     "abcde,cdef->abf": ((2, 5, 2, 3, 8), (2, 3, 8, 16)),
 }
@@ -44,7 +48,7 @@ def test_transposed_specs_give_jax_gradients(spec):
 
 @pytest.mark.parametrize("spec", ["ab,bc->a", "aa,ab->b", "ab,cd->ad"])
 def test_unsupported_specs_are_refused(spec):
-  with pytest.raises(ValueError, match="mixed-precision einsum"):
+  with pytest.raises(ValueError, match="brt's einsum"):
     linear.transposed_specs(spec)
 
 
@@ -124,11 +128,32 @@ def test_scanned_residuals_are_not_converted_to_float32_in_full():
     np.testing.assert_allclose(got, expected, rtol=0.05, atol=0.05)
 
 
-def test_float32_einsum_is_jnp_einsum():
-  spec = "abc,cdef->abdef"
-  a, b = _bf16_exact(SPECS[spec][0], 8), _bf16_exact(SPECS[spec][1], 9)
-  np.testing.assert_array_equal(linear.einsum(spec, a, b, jnp.float32),
-                                jnp.einsum(spec, a, b))
+@pytest.mark.parametrize("spec", sorted(SPECS))
+def test_float32_einsum_and_gradients_are_jnp_einsums(spec):
+  a_shape, b_shape = SPECS[spec]
+  rng = np.random.RandomState(8)
+  a, b = (jnp.asarray(rng.randn(*s), jnp.float32) for s in (a_shape, b_shape))
+  want, want_vjp = jax.vjp(lambda a, b: jnp.einsum(spec, a, b), a, b)
+  got, got_vjp = jax.vjp(
+      lambda a, b: linear.einsum(spec, a, b, jnp.float32), a, b)
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+  g = jnp.asarray(rng.randn(*want.shape), jnp.float32)
+  for got_grad, want_grad in zip(got_vjp(g), want_vjp(g)):
+    np.testing.assert_allclose(got_grad, want_grad, rtol=1e-5, atol=1e-5)
+
+
+def test_float32_dense_layer_is_one_two_dimensional_product():
+  """Forward and backward. Contracting several row axes at once, XLA:CPU transposed the cotangent
+  for the weight gradient, fused into the loop that computed it; flattened,
+  the weight gradient is a plain (fan-in, rows) x (rows, fan-out) product."""
+  x = jnp.ones((2, 5, 2, 3, 8))
+  kernel = jnp.ones((2, 3, 8, 16))
+  loss = lambda x, k: jnp.sum(linear.contract(x, k, 3, jnp.float32) ** 2)
+  jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(x, kernel).jaxpr
+  dots = _dot_generals(jaxpr)
+  assert len(dots) == 3
+  for eqn in dots:
+    assert [v.aval.ndim for v in eqn.invars] == [2, 2], eqn
 
 
 @pytest.mark.parametrize("features,num_axes,x_shape", [
@@ -152,3 +177,8 @@ def test_dense_matches_flax_dense_general(features, num_axes, x_shape):
   params = jax.tree_util.tree_map(lambda p: p + 0.5, flax_params)
   np.testing.assert_allclose(ours.apply(params, x),
                              flax_dense.apply(params, x), rtol=1e-6, atol=1e-6)
+  # And the same gradients (brt's backward pass is its own, see linear.py).
+  grads = [jax.grad(lambda p, x: jnp.sum(jnp.sin(m.apply(p, x))), (0, 1))(
+      params, x) for m in (ours, flax_dense)]
+  for a, b in zip(*(jax.tree_util.tree_leaves(g) for g in grads)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
