@@ -44,21 +44,24 @@ def test_rotary_logits_depend_only_on_relative_position():
   assert logit(7, 3) != pytest.approx(logit(7, 5), rel=1e-3)
 
 
-@pytest.mark.parametrize("kv_heads", [4, 1])
-def test_attend_matches_naive_softmax_attention(kv_heads):
+@pytest.mark.parametrize("kv_heads", [4, 2, 1])
+@pytest.mark.parametrize("per_head_scale", [False, True])
+def test_attend_matches_naive_softmax_attention(kv_heads, per_head_scale):
   rng = np.random.RandomState(1)
   b, nq, nk, h, d = 2, 3, 5, 4, 8
   q, k, v = rng.randn(b, nq, h, d), rng.randn(b, nk, kv_heads, d), rng.randn(b, nk, kv_heads, d)
   bias = rng.randn(h, nq, nk)
   mask = rng.rand(b, 1, nq, nk) > 0.3
   mask[..., 0] = True
+  scale = np.array([0.5, 0.2, 1.0, 0.7]) if per_head_scale else np.full(h, 0.5)
   out = attention.attend(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v),
-                         scale=0.5, bias=jnp.asarray(bias), mask=jnp.asarray(mask))
+                         scale=jnp.asarray(scale) if per_head_scale else 0.5,
+                         bias=jnp.asarray(bias), mask=jnp.asarray(mask))
   expected = np.zeros((b, nq, h, d))
   for bi in range(b):
     for hi in range(h):
       g = hi * kv_heads // h
-      logits = q[bi, :, hi] @ k[bi, :, g].T * 0.5 + bias[hi]
+      logits = q[bi, :, hi] @ k[bi, :, g].T * scale[hi] + bias[hi]
       logits = np.where(mask[bi, 0], logits, -np.inf)
       w = np.exp(logits - logits.max(-1, keepdims=True))
       w /= w.sum(-1, keepdims=True)
