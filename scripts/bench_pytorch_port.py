@@ -8,6 +8,17 @@ repository). Both models take the bench config: bytes, 6 layers, d_model
 same matmul FLOPs), W 128, 128 states, the recurrent layer 5th of 6,
 segments of 1024.
 
+brt runs twice:
+- "matched": the port's architecture as far as brt's options reach it
+  (`MATCHED`): one key/value head shared by all query heads (the port's
+  to_kv is dim_head * 2 wide), no biases and scale-only layer norms, rotary
+  positions. The port's rotary also carries xPos scaling, and it normalises
+  queries and keys in its recurrent layer only (brt's qk_norm is all layers
+  or none: off here). Its gate has a d x d projection brt's fixed gate does
+  not. This is the like-for-like comparison.
+- "default": brt's defaults (a key/value head per query head, biases, T5
+  relative positions): about 16% more matmul FLOPs per token than the port.
+
 - Sampling, batch 1: 512 new tokens after a 1024-token prompt. The port's
   own protocol: one forward pass over the prompt (which yields its memories
   and states), then `generate`, which re-runs the forward pass over the
@@ -16,10 +27,8 @@ segments of 1024.
 - Training, batch 4: one segment of 1024 tokens, forward + backward + an
   Adam update, median step time after a warm-up. Both sides also report the
   matmul FLOPs of a training step as computed (the port's counted by
-  torch's FlopCounterMode, brt's from brt/flops.py; the recurrent layers
-  differ, so the two models do not do the same work per token) and the
-  FLOP rate each achieves, which separates "does less work" from "runs its
-  work faster".
+  torch's FlopCounterMode, brt's from brt/flops.py) and the FLOP rate each
+  achieves, which separates "does less work" from "runs its work faster".
 
 - `--dtype bfloat16` trains both sides in mixed precision: brt with
   ModelConfig.dtype="bfloat16" (bf16 products accumulated in float32,
@@ -58,6 +67,9 @@ PORT = "block-recurrent-transformer-pytorch==0.4.4"
 
 CONFIG = dict(vocab=256, layers=6, d_model=512, heads=8, head_dim=64,
               block=128, states=128, recurrent_layer=4, segment=1024)
+# brt's options that take the port's architecture (see the docstring).
+MATCHED = dict(multi_query=True, use_bias=False, position="rotary")
+BRT_MODELS = {"matched": MATCHED, "default": {}}
 
 
 def ensure_port_venv() -> str:
@@ -144,7 +156,7 @@ def port_child(args) -> dict:
 # --- brt (this venv) ------------------------------------------------------------
 
 
-def brt_side(args) -> dict:
+def brt_side(args, options: dict) -> dict:
   import flax.linen as nn
   import jax
   import jax.numpy as jnp
@@ -160,7 +172,8 @@ def brt_side(args) -> dict:
   cfg = brt.ModelConfig(
       vocab_size=c["vocab"], num_layers=c["layers"], d_model=c["d_model"],
       num_heads=c["heads"], mlp_dim=2048, block_width=c["block"],
-      num_states=c["states"], recurrent_layers=(c["recurrent_layer"],))
+      num_states=c["states"], recurrent_layers=(c["recurrent_layer"],),
+      **options)
   model = brt.BlockRecurrentTransformer(cfg)
   # Trained in --dtype; sampled in float32 (the same parameters serve both).
   train_model = brt.BlockRecurrentTransformer(
@@ -216,6 +229,9 @@ def main():
   parser.add_argument("--train_steps", type=int, default=5)
   parser.add_argument("--dtype", choices=("float32", "bfloat16"),
                       default="float32", help="training precision, both sides")
+  parser.add_argument("--brt_models", nargs="+", choices=sorted(BRT_MODELS),
+                      default=["matched", "default"],
+                      help="which brt models to run (see the docstring)")
   parser.add_argument("--out", default=None,
                       help="default bench_results/pytorch_port[_bfloat16].json")
   parser.add_argument("--port_python", default=None,
@@ -235,33 +251,38 @@ def main():
   # One after the other, never at once: each gets every core.
   port = json.loads(subprocess.run(child, check=True, capture_output=True,
                                    text=True).stdout.split("RESULT")[-1])
-  ours = brt_side(args)
-  print(f"brt on {ours['device']}, port on {port['device']}; "
-        f"training in {args.dtype}, sampling in float32")
-  print(f"{'':28s} {'brt':>10s} {'port':>10s} {'brt/port':>9s}")
-  for key, label in (("sample_tokens_per_s", "sampling tokens/s (batch 1)"),
-                     ("train_tokens_per_s", "training tokens/s (batch 4)")):
-    print(f"{label:28s} {ours[key]:10.1f} {port[key]:10.1f} "
-          f"{ours[key] / port[key]:9.2f}")
-  for side in (ours, port):
+  sides = {f"brt {name}": brt_side(args, BRT_MODELS[name])
+           for name in args.brt_models}
+  sides["port"] = port
+  for side in sides.values():
     side["train_gflops_per_s"] = (side["train_flops_per_step"] / 1e9
-                                  * side["train_tokens_per_s"] / (4 * CONFIG["segment"]))
-  print(f"{'training GFLOP per step':28s} "
-        f"{ours['train_flops_per_step'] / 1e9:10.1f} "
-        f"{port['train_flops_per_step'] / 1e9:10.1f} "
-        f"{ours['train_flops_per_step'] / port['train_flops_per_step']:9.2f}")
-  print(f"{'training GFLOP/s achieved':28s} {ours['train_gflops_per_s']:10.1f} "
-        f"{port['train_gflops_per_s']:10.1f} "
-        f"{ours['train_gflops_per_s'] / port['train_gflops_per_s']:9.2f}")
-  print(f"parameters: brt {ours['params']:,}, port {port['params']:,}")
+                                  * side["train_tokens_per_s"]
+                                  / (4 * CONFIG["segment"]))
+  first = next(iter(sides.values()))
+  print(f"brt on {first['device']}, port on {port['device']}; "
+        f"training in {args.dtype}, sampling in float32")
+  ours = [name for name in sides if name != "port"]
+  print(f"{'':28s}" + "".join(f"{name:>13s}" for name in sides)
+        + "".join(f"{name.split()[-1] + '/port':>15s}" for name in ours))
+  for key, label, scale in (
+      ("sample_tokens_per_s", "sampling tokens/s (batch 1)", 1),
+      ("train_tokens_per_s", "training tokens/s (batch 4)", 1),
+      ("train_flops_per_step", "training GFLOP per step", 1e-9),
+      ("train_gflops_per_s", "training GFLOP/s achieved", 1),
+      ("params", "parameters (M)", 1e-6)):
+    print(f"{label:28s}"
+          + "".join(f"{side[key] * scale:13.1f}" for side in sides.values())
+          + "".join(f"{sides[name][key] / port[key]:15.2f}" for name in ours))
   out = args.out or ("bench_results/pytorch_port"
                       + ("" if args.dtype == "float32" else f"_{args.dtype}")
                       + ".json")
   os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
   with open(out, "w") as f:
     json.dump({"config": CONFIG, "new_tokens": args.new_tokens,
-               "train_dtype": args.dtype, "brt": ours, "port": port}, f,
-              indent=2)
+               "train_dtype": args.dtype,
+               "brt_options": {n: BRT_MODELS[n] for n in args.brt_models},
+               **{name.replace(" ", "_"): side
+                  for name, side in sides.items()}}, f, indent=2)
   print(f"wrote {out}")
 
 

@@ -142,6 +142,26 @@ def test_float32_einsum_and_gradients_are_jnp_einsums(spec):
     np.testing.assert_allclose(got_grad, want_grad, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_backward_product_taken_the_other_way_round_is_the_same_product(dtype):
+  """dV = W^T dO with the weights (a) much larger than the values (b): on
+  CPU it is computed as (dO^T W)^T, which transposes less (see linear.py)."""
+  spec = "bqhk,bqhd->bkd"
+  a, b = _bf16_exact((2, 6, 4, 16), 10), _bf16_exact((2, 6, 4, 3), 11)
+  got = linear._backward_product(spec, a.astype(dtype), b.astype(dtype),  # pylint: disable=protected-access
+                                 jnp.float32)
+  np.testing.assert_allclose(got, jnp.einsum(spec, a, b), rtol=1e-5,
+                             atol=1e-5)
+  jaxpr = jax.make_jaxpr(lambda a, b: linear._backward_product(  # pylint: disable=protected-access
+      spec, a, b, jnp.float32))(a, b)
+  swapped = "optimization_barrier" in str(jaxpr)
+  assert swapped == (jax.default_backend() == "cpu")
+  # Swapping would transpose more here: the product is left as it is.
+  jaxpr = jax.make_jaxpr(lambda a, b: linear._backward_product(  # pylint: disable=protected-access
+      spec, a, b, jnp.float32))(b.reshape(2, 6, 4, 3), a)
+  assert "optimization_barrier" not in str(jaxpr)
+
+
 def test_float32_dense_layer_is_one_two_dimensional_product():
   """Forward and backward. Contracting several row axes at once, XLA:CPU transposed the cotangent
   for the weight gradient, fused into the loop that computed it; flattened,
