@@ -172,7 +172,7 @@ def _softmax(logits, scale, bias, mask):
   each broadcastable to the logits."""
   logits = logits * scale
   if bias is not None:
-    logits = logits + jnp.asarray(bias).astype(jnp.float32)
+    logits = linear.add_bias(logits, jnp.asarray(bias, jnp.float32))
   if mask is not None:
     logits = jnp.where(mask, logits, _MASKED)
   return jax.nn.softmax(logits, axis=-1)

@@ -36,11 +36,33 @@ def dense(features, names, *, axis=-1, dtype=jnp.float32, use_bias=True,
                       use_bias=use_bias, bias_init=bias_init, name=name)
 
 
-def layer_norm(config: ModelConfig, name=None, dtype=jnp.float32):
-  return nn.LayerNorm(
-      dtype=dtype, name=name, use_bias=config.use_bias,
-      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
+class LayerNorm(nn.Module):
+  """flax's LayerNorm over the last axis, in float32, with the same
+  parameters ("scale", and "bias" unless use_bias=False) and epsilon; the
+  scale and bias go through `linear.multiply` and `linear.add_bias`, whose
+  gradients are products rather than reductions."""
+  use_bias: bool = True
+  epsilon: float = 1e-6
+
+  @nn.compact
+  def __call__(self, x):
+    x = x.astype(jnp.float32)
+    features = (x.shape[-1],)
+    centred = x - jnp.mean(x, axis=-1, keepdims=True)
+    variance = jnp.mean(centred * centred, axis=-1, keepdims=True)
+    y = centred * jax.lax.rsqrt(variance + self.epsilon)
+    scale = self.param("scale", nn.with_logical_partitioning(
+        nn.initializers.ones, ("embed",)), features)
+    y = linear.multiply(y, scale)
+    if self.use_bias:
+      bias = self.param("bias", nn.with_logical_partitioning(
+          nn.initializers.zeros, ("embed",)), features)
+      y = linear.add_bias(y, bias)
+    return y
+
+
+def layer_norm(config: ModelConfig, name=None):
+  return LayerNorm(use_bias=config.use_bias, name=name)
 
 
 @functools.partial(jax.checkpoint, static_argnums=(0,))
@@ -255,10 +277,16 @@ class TransformerLayer(nn.Module):
     kv = self.kv_state(hs)
     return {"h": hs, "k": kv[:, :, 0], "v": kv[:, :, 1]}
 
+  def project(self, x: Array) -> tuple[Array, Array]:
+    """Queries (B, T, 1 or 2, H, k) and keys/values (B, T, 2, G, k) of T
+    tokens."""
+    h = self.ln_tokens(x).astype(self.config.compute_dtype)
+    return self.q_tokens(h), self.kv_tokens(h)
+
   def tokens(self, x: Array, window_kv: dict[str, Array] | None,
              prev: dict[str, Array] | None, prev_visible: Array, offset,
              window: dict[str, Any], state_kv: dict[str, Array] | None,
-             deterministic: bool):
+             deterministic: bool, projected=None):
     """The vertical direction, for T tokens at positions offset.. of a block.
 
     P = C + W keys come before the current block: the compressed memory (C
@@ -270,8 +298,11 @@ class TransformerLayer(nn.Module):
         before the block then the current block's so far; these T tokens'
         are written at P + offset. None in training, where x is the whole
         block (offset 0, T = W) and the window is [prev, this block].
-      prev: training: {"k", "v"}: (B, P, G, k) keys/values before the block;
-        None when decoding.
+      prev: training: {"k", "v"}: (B', P, G, k) keys/values before the block;
+        None when decoding. x may hold n consecutive blocks of each of B'
+        rows, folded into its batch axis (B = B' * n, row-major): prev is
+        then what comes before each row's first block, and the keys before
+        every later block are the block before's own (P = W).
       prev_visible: (B, P) bool, False where a key before the block must be
         ignored (first block of a document, or of a segment in "Slide";
         compressed slots not filled yet).
@@ -280,6 +311,7 @@ class TransformerLayer(nn.Module):
         tables for the window's key positions or None.
       state_kv: `read_state` of the state carried in from the previous block
         (recurrent and feedback kinds), else None.
+      projected: `project(x)`, where the caller needed the keys/values first.
     Returns:
       (x, the keys/values: this block's (B, W, G, k) in training, the
       updated window when decoding).
@@ -288,15 +320,13 @@ class TransformerLayer(nn.Module):
     dt = cfg.compute_dtype
     batch, length = x.shape[:2]
     w = cfg.block_width
-    h = self.ln_tokens(x).astype(dt)
-    q = self.q_tokens(h)
-    kv = self.kv_tokens(h)
+    q, kv = self.project(x) if projected is None else projected
     # Keys before this block's: the previous block (W), or none for RMT
     # without the XL cache (prev is then zero-width).
     if window_kv is None:
       new = {"k": kv[:, :, 0], "v": kv[:, :, 1]}
-      k_win = jnp.concatenate([prev["k"], new["k"]], axis=1).astype(dt)
-      v_win = jnp.concatenate([prev["v"], new["v"]], axis=1).astype(dt)
+      k_win, v_win = (jnp.concatenate([_keys_before(prev[n], new[n]), new[n]],
+                                      axis=1).astype(dt) for n in ("k", "v"))
     else:
       # Written in place: no per-token copy of the window.
       before = window_kv["k"].shape[1] - w
@@ -390,3 +420,16 @@ class TransformerLayer(nn.Module):
     if self.writes_state:
       new_state = self.update_state(state, state_kv, block, deterministic)
     return x, block, new_state, new_compressed
+
+
+def _keys_before(prev: Array, new: Array) -> Array:
+  """The keys/values before each block of `new` (B' * n, W, G, k), n
+  consecutive blocks per row: `prev` (B', P, G, k) before each row's first,
+  then each block's predecessor."""
+  num_blocks = new.shape[0] // prev.shape[0]
+  if num_blocks == 1:
+    return prev
+  blocks = new.reshape(prev.shape[0], num_blocks, *new.shape[1:])
+  before = jnp.concatenate([prev[:, None].astype(new.dtype), blocks[:, :-1]],
+                           axis=1)
+  return before.reshape(new.shape)

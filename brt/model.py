@@ -6,6 +6,13 @@ blocks, so XLA compiles a single block step whatever the segment length. The
 carry -- every layer's keys/values of the previous block and every recurrent
 layer's state -- flows from block to block and out of the segment, to be fed
 back in with the next one.
+
+Where a block depends on the one before only through the same layer's
+keys/values and its own recurrent state (no feedback, memory tokens or
+compressed memory), the same segment can also run layer by layer
+(`BlockStep.segment`, `ModelConfig.layer_major`): each layer takes all n
+blocks at once, and only the recurrent state is scanned over them. Both
+orders give the same results (tests/test_layer_major.py).
 """
 
 from __future__ import annotations
@@ -153,6 +160,58 @@ class BlockStep(nn.Module):
       x, new_carry["memory"] = rmt.unwrap(x)
     return new_carry, x
 
+  def segment(self, carry: Carry, x: Array, fresh: Array, cache_visible: Array,
+              window, deterministic: bool):
+    """The same stack over a whole segment, layer by layer
+    (`ModelConfig.layer_major`).
+
+    Every block of a plain layer runs at once, the blocks folded into the
+    batch axis; a recurrent layer first scans its state over the blocks
+    (the only sequential part: it needs only the blocks' keys/values), then
+    runs its token path for every block at once. Larger products and no
+    per-block bookkeeping in the backward pass (each weight's gradient is
+    one product, not a sum over the blocks).
+
+    Args:
+      x: (B, n, W, d) the segment's token activations.
+      fresh: (B,) rows that start from the learned initial state.
+      cache_visible: (B,) rows whose first block sees the carried cache.
+    Returns:
+      (new carry, (B, n, W, d) outputs).
+    """
+    cfg = self.config
+    batch, num_blocks = x.shape[:2]
+    fold = lambda a: a.reshape(batch * num_blocks, *a.shape[2:])
+    unfold = lambda a: a.reshape(batch, num_blocks, *a.shape[1:])
+    # Only a row's first block can lose the keys before it.
+    visible = jnp.concatenate(
+        [cache_visible[:, None], jnp.ones((batch, num_blocks - 1), bool)], 1)
+    prefix_visible = fold(jnp.broadcast_to(
+        visible[:, :, None], (batch, num_blocks, cfg.block_width)))
+    states = self._start_states(carry["state"], fresh)
+    x = fold(x)
+    new_cache, new_states = [], {}
+    for i in range(cfg.num_layers):
+      layer, state_kv, projected = self._layer(i), None, None
+      if i in states:
+        projected = layer.project(x)
+        kv = projected[1]
+        blocks = {n: jnp.swapaxes(unfold(kv[:, :, j]), 0, 1)
+                  for j, n in enumerate("kv")}  # (n, B, W, G, k)
+        new_states[i], reads = _scan_states(layer, states[i], blocks,
+                                            deterministic)
+        state_kv = {n: fold(jnp.swapaxes(r, 0, 1)) for n, r in reads.items()}
+      x, kv = layer.tokens(x, None, carry["cache"][i], prefix_visible, 0,
+                           _layer_window(window, i), state_kv, deterministic,
+                           projected)
+      new_cache.append({n: unfold(v)[:, -1] for n, v in kv.items()})
+    new_carry = {
+        "cache": tuple(new_cache),
+        "state": tuple(new_states[i] for i in cfg.recurrent_layers),
+        "valid": jnp.ones_like(carry["valid"]),
+    }
+    return new_carry, unfold(x)
+
   # -- incremental decoding ---------------------------------------------------
   def begin_block(self, dec: Carry) -> Carry:
     """Resets fresh rows' states and precomputes every reader's state
@@ -206,6 +265,21 @@ class BlockStep(nn.Module):
                                  for kv, m in zip(block, memory)),
                state=states, valid=jnp.ones_like(dec["valid"]))
     return self.begin_block(dec)
+
+
+def _scan_states(layer: TransformerLayer, state: Array,
+                 blocks: dict[str, Array], deterministic: bool):
+  """A recurrent layer's state over n blocks' keys/values (n, B, W, G, k):
+  the final state, and the state keys/values (n, B, S, G, k) each block's
+  tokens read (the state carried into it)."""
+  def body(layer, state, block):
+    state_kv = layer.read_state(state)
+    new_state = layer.update_state(state, state_kv, block, deterministic)
+    return new_state, {"k": state_kv["k"], "v": state_kv["v"]}
+
+  scan = nn.scan(body, variable_broadcast="params",
+                 split_rngs={"params": False, "dropout": True})
+  return scan(layer, state, blocks)
 
 
 def _window_after(prev: dict[str, Array],
@@ -290,19 +364,26 @@ class BlockRecurrentTransformer(nn.Module):
 
     x = self._embed(tokens)
     x = self.embed_dropout(x, deterministic=deterministic)
-    # Block-major: (n, B, W, d), the scan's leading axis.
     x = x.reshape(batch, num_blocks, cfg.block_width, cfg.d_model)
-    x = jnp.swapaxes(x, 0, 1)
 
     # Resets happen only at the first block of the segment.
     sos = (jnp.zeros((batch,), bool) if start_of_sequence is None
            else jnp.asarray(start_of_sequence, bool).reshape(batch))
-    first = (jnp.arange(num_blocks) == 0)[:, None]
     as_rows = lambda r: (jnp.zeros_like(sos) if r is None
                          else jnp.asarray(r, bool).reshape(batch))
     drop_cache = (sos | as_rows(reset_cache)) if cfg.cache_across_segments else (
         jnp.ones_like(sos))
-    reset_state = first & (sos | as_rows(reset_state))[None]
+    drop_state = sos | as_rows(reset_state)
+    if cfg.runs_layer_major:
+      carry, y = self.blocks.segment(
+          carry, x, ~carry["valid"] | drop_state,
+          carry["valid"] & ~drop_cache, self._window(), deterministic)
+      return self._logits(y.reshape(batch, length, cfg.d_model)), carry
+
+    # Block-major: (n, B, W, d), the scan's leading axis.
+    x = jnp.swapaxes(x, 0, 1)
+    first = (jnp.arange(num_blocks) == 0)[:, None]
+    reset_state = first & drop_state[None]
     reset_cache = first & drop_cache[None]
 
     def body(step, carry, inputs, window):

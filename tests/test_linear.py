@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from brt import linear
+from brt import layers, linear
 
 # The products brt takes: attention logits and outputs (plain, grouped and
 # multi-query heads), and dense layers: one 2-D product in float32; in 16-bit
@@ -202,3 +202,59 @@ def test_dense_matches_flax_dense_general(features, num_axes, x_shape):
       params, x) for m in (ours, flax_dense)]
   for a, b in zip(*(jax.tree_util.tree_leaves(g) for g in grads)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("op, plain", [(linear.add_bias, jnp.add),
+                                       (linear.multiply, jnp.multiply)])
+@pytest.mark.parametrize("x_shape, p_shape, dtype", [
+    ((3, 5, 8), (8,), jnp.float32),            # A dense layer's bias.
+    ((6, 4, 5, 7), (1, 4, 5, 7), jnp.float32),  # The attention's bias.
+    ((3, 5, 8), (8,), jnp.bfloat16),           # 16-bit activations.
+    ((2, 4, 5, 7), (4, 1, 7), jnp.float32),    # Other broadcasts: plain op.
+])
+def test_broadcast_parameters_give_jax_values_and_gradients(
+    op, plain, x_shape, p_shape, dtype):
+  x = _bf16_exact(x_shape, 0).astype(dtype)
+  param = _bf16_exact(p_shape, 1)
+  out, vjp = jax.vjp(op, x, param)
+  want, want_vjp = jax.vjp(lambda x, p: plain(x, p.astype(x.dtype)), x, param)
+  assert out.dtype == want.dtype == dtype and out.shape == want.shape
+  np.testing.assert_allclose(np.asarray(out, np.float32),
+                             np.asarray(want, np.float32), rtol=1e-6)
+  g = _bf16_exact(out.shape, 2).astype(dtype)
+  for got, expected in zip(vjp(g), want_vjp(g)):
+    assert got.dtype == expected.dtype and got.shape == expected.shape
+    # bf16: jax sums the cotangent in bf16, brt in float32.
+    np.testing.assert_allclose(np.asarray(got, np.float32),
+                               np.asarray(expected, np.float32),
+                               rtol=1e-5 if dtype == jnp.float32 else 2e-2,
+                               atol=1e-5 if dtype == jnp.float32 else 5e-2)
+
+
+def test_bias_gradient_is_a_product_not_a_reduction():
+  """XLA:CPU reduced over the rows at a few bytes per cycle (see linear.py)."""
+  x, bias = jnp.ones((4, 6, 8)), jnp.ones((8,))
+  bias_grad = lambda x, b, g: jax.vjp(linear.add_bias, x, b)[1](g)[1]
+  jaxpr = jax.make_jaxpr(bias_grad)(x, bias, x).jaxpr
+  assert len(_dot_generals(jaxpr)) == 1
+  assert "reduce_sum" not in str(jaxpr)
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_layer_norm_matches_flax_layer_norm(use_bias):
+  """Same parameters, values and gradients as flax's LayerNorm."""
+  x = jnp.asarray(np.random.RandomState(0).randn(3, 5, 16) * 2 + 1, jnp.float32)
+  ours = layers.LayerNorm(use_bias=use_bias)
+  theirs = nn.LayerNorm(use_bias=use_bias)
+  params = nn.meta.unbox(ours.init(jax.random.PRNGKey(0), x))
+  jax.tree_util.tree_map(np.testing.assert_array_equal, params,
+                         theirs.init(jax.random.PRNGKey(0), x))
+  rng = np.random.RandomState(1)
+  params = jax.tree_util.tree_map(
+      lambda p: p + jnp.asarray(rng.randn(*p.shape), p.dtype), params)
+  np.testing.assert_allclose(ours.apply(params, x), theirs.apply(params, x),
+                             rtol=1e-5, atol=1e-5)
+  grads = [jax.grad(lambda p, x: jnp.sum(jnp.sin(m.apply(p, x))), (0, 1))(
+      params, x) for m in (ours, theirs)]
+  for a, b in zip(*(jax.tree_util.tree_leaves(g) for g in grads)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
