@@ -155,11 +155,12 @@ _einsum.defvjp(_einsum_fwd, _einsum_bwd)
 # --- broadcast parameters ---------------------------------------------------
 # A bias or scale shaped like its input's trailing axes gets, as gradient,
 # the cotangent summed over the leading (row) axes. XLA:CPU took that sum as
-# a reduction at a few bytes per cycle (a dense layer's bias, a layer norm's
-# scale and bias: 8% of a float32 training step at the bench config), and
-# for the attention's position bias re-computed the softmax's backward
-# inside the reduction loop. Here it is one (1, rows) x (rows, size) product
-# with a ones vector.
+# a reduction at a few bytes per cycle, and for the attention's position
+# bias re-computed the softmax's backward inside the reduction loop. Here it
+# is one (1, rows) x (rows, size) product with a ones vector, the ones on the
+# left (on the right, XLA transposed the cotangent to put the rows last).
+# Float32 training step at the bench config, in-process A/B: +11% for the
+# dense and position biases, then +5% for the layer norms.
 
 
 def add_bias(x: jax.Array, bias: jax.Array) -> jax.Array:
