@@ -99,10 +99,12 @@ class ModelConfig:
   # How a segment is computed (the results are the same): True, layer by
   # layer, every block of a layer at once, only the recurrent states scanned
   # over the blocks; False, the whole stack block by block (one `nn.scan`).
-  # None picks layer by layer where it is possible (`layer_major_blocker`)
-  # and the keys/values have one head: on CPU that was 5% faster in float32
-  # and 9% in bf16 at the bench config, while with a key/value head per
-  # query head the attention's batched products got slower and the step 5%.
+  # None picks layer by layer where it is possible (`layer_major_blocker`),
+  # except for float32 models with a key/value head per query head. In-
+  # process A/Bs of the training step at the bench config on CPU: one
+  # key/value head +5% float32, +9% bf16; a head per query head +7% bf16,
+  # -1% float32 (the attention's batched products run slower over all the
+  # blocks' rows at once).
   layer_major: bool | None = None
   dtype: str = "float32"  # Activation dtype; parameters stay float32.
   tie_embeddings: bool = False
@@ -189,7 +191,8 @@ class ModelConfig:
   @property
   def runs_layer_major(self) -> bool:
     if self.layer_major is None:
-      return self.layer_major_blocker is None and self.num_kv_heads == 1
+      return self.layer_major_blocker is None and (
+          self.num_kv_heads == 1 or self.dtype != "float32")
     return self.layer_major
 
   # -- validation ------------------------------------------------------------

@@ -81,9 +81,10 @@ def test_layer_major_is_refused_where_blocks_depend_on_more(overrides, reason):
                          **overrides).runs_layer_major
 
 
-def test_automatic_order_runs_layer_major_with_one_key_value_head():
+def test_automatic_order_runs_layer_major_unless_float32_per_head_kv():
   assert tiny_config(multi_query=True).runs_layer_major
   assert tiny_config(multi_query=True, recurrent_layers=(1,)).runs_layer_major
+  assert tiny_config(dtype="bfloat16").runs_layer_major
   assert not tiny_config().runs_layer_major  # A key/value head per head.
   assert tiny_config(layer_major=True).runs_layer_major
   assert not tiny_config(multi_query=True, layer_major=False).runs_layer_major
