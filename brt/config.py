@@ -101,10 +101,10 @@ class ModelConfig:
   # over the blocks; False, the whole stack block by block (one `nn.scan`).
   # None picks layer by layer where it is possible (`layer_major_blocker`),
   # except for float32 models with a key/value head per query head. In-
-  # process A/Bs of the training step at the bench config on CPU: one
-  # key/value head +5% float32, +9% bf16; a head per query head +7% bf16,
-  # -1% float32 (the attention's batched products run slower over all the
-  # blocks' rows at once).
+  # process A/Bs of the training step at the bench config on CPU
+  # (scripts/bench_ab.py): one key/value head +5-6% float32, +9% bf16; a
+  # head per query head +2-7% bf16, -1-0% float32 (the attention's batched
+  # products run slower over all the blocks' rows at once).
   layer_major: bool | None = None
   dtype: str = "float32"  # Activation dtype; parameters stay float32.
   tie_embeddings: bool = False

@@ -160,8 +160,8 @@ class BlockStep(nn.Module):
       x, new_carry["memory"] = rmt.unwrap(x)
     return new_carry, x
 
-  def segment(self, carry: Carry, x: Array, fresh: Array, cache_visible: Array,
-              window, deterministic: bool):
+  def segment(self, carry: Carry, x: Array, reset_cache: Array,
+              reset_state: Array, window, deterministic: bool):
     """The same stack over a whole segment, layer by layer
     (`ModelConfig.layer_major`).
 
@@ -174,8 +174,9 @@ class BlockStep(nn.Module):
 
     Args:
       x: (B, n, W, d) the segment's token activations.
-      fresh: (B,) rows that start from the learned initial state.
-      cache_visible: (B,) rows whose first block sees the carried cache.
+      reset_cache, reset_state: (B,) rows whose first block drops the
+        carried cache / starts from the learned initial state (the
+        first-block values of `__call__`'s inputs).
     Returns:
       (new carry, (B, n, W, d) outputs).
     """
@@ -184,11 +185,11 @@ class BlockStep(nn.Module):
     fold = lambda a: a.reshape(batch * num_blocks, *a.shape[2:])
     unfold = lambda a: a.reshape(batch, num_blocks, *a.shape[1:])
     # Only a row's first block can lose the keys before it.
-    visible = jnp.concatenate(
-        [cache_visible[:, None], jnp.ones((batch, num_blocks - 1), bool)], 1)
-    prefix_visible = fold(jnp.broadcast_to(
-        visible[:, :, None], (batch, num_blocks, cfg.block_width)))
-    states = self._start_states(carry["state"], fresh)
+    cache_visible = jnp.concatenate(
+        [(carry["valid"] & ~reset_cache)[:, None],
+         jnp.ones((batch, num_blocks - 1), bool)], axis=1)
+    prefix_visible = self._prefix_visible(fold(cache_visible), None)
+    states = self._start_states(carry["state"], ~carry["valid"] | reset_state)
     x = fold(x)
     new_cache, new_states = [], {}
     for i in range(cfg.num_layers):
@@ -375,9 +376,8 @@ class BlockRecurrentTransformer(nn.Module):
         jnp.ones_like(sos))
     drop_state = sos | as_rows(reset_state)
     if cfg.runs_layer_major:
-      carry, y = self.blocks.segment(
-          carry, x, ~carry["valid"] | drop_state,
-          carry["valid"] & ~drop_cache, self._window(), deterministic)
+      carry, y = self.blocks.segment(carry, x, drop_cache, drop_state,
+                                     self._window(), deterministic)
       return self._logits(y.reshape(batch, length, cfg.d_model)), carry
 
     # Block-major: (n, B, W, d), the scan's leading axis.
