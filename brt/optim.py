@@ -34,6 +34,12 @@ class OptimizerConfig:
   b1: float = 0.9  # adamw; adafactor uses no first moment unless b1 > 0.
   b2: float = 0.99  # adamw
   adafactor_momentum: float | None = None
+  # Adafactor: scale each parameter's update by its RMS (at least 1e-3), so
+  # learning_rate is a relative step size and small parameters (the initial
+  # state, gate biases) move in proportion. The paper's runs had this on
+  # (meliad's flax Adafactor); it is off by default, as the CPU-sized
+  # configs were tuned with absolute steps.
+  adafactor_parameter_scale: bool = False
 
   def __post_init__(self):
     def fail(msg):
@@ -80,9 +86,10 @@ def make_optimizer(cfg: OptimizerConfig, num_steps: int
   else:
     # optax's Adafactor clips updates by their RMS (as in the paper's
     # setup) and factors the second moment of every matrix.
-    tx = optax.adafactor(schedule, momentum=cfg.adafactor_momentum,
-                         weight_decay_rate=cfg.weight_decay or None,
-                         multiply_by_parameter_scale=False)
+    tx = optax.adafactor(
+        schedule, momentum=cfg.adafactor_momentum,
+        weight_decay_rate=cfg.weight_decay or None,
+        multiply_by_parameter_scale=cfg.adafactor_parameter_scale)
   if cfg.grad_clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), tx)
   return tx, schedule

@@ -43,7 +43,7 @@ BENCH = dict(vocab_size=256, num_layers=6, d_model=512, num_heads=8,
 PAPER = dict(vocab_size=32000, num_layers=12, d_model=1024, num_heads=8,
              mlp_dim=4096, block_width=512, num_states=512)
 SIZES = {"bench": dict(model=BENCH, recurrent_layer=4, segment=1024),
-         "paper": dict(model=PAPER, recurrent_layer=10, segment=4096)}
+         "paper": dict(model=PAPER, recurrent_layer=9, segment=4096)}
 
 
 def variants(recurrent_layer: int) -> dict:

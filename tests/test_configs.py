@@ -5,6 +5,7 @@ import os
 import sys
 
 import gin
+import numpy as np
 import pytest
 
 from brt import configurables
@@ -53,8 +54,12 @@ def test_paper_size_is_the_papers_model():
   model, train, opt = build(["sizes/paper.gin", "variants/rec_fixed_skip.gin"])
   assert (model.num_layers, model.d_model, model.num_heads, model.mlp_size,
           model.block_width, model.num_states) == (12, 1024, 8, 4096, 512, 512)
-  assert model.recurrent_layers == (10,)
+  assert model.recurrent_layers == (9,)  # The 10th of 12.
   assert train.segment_length == 4096 and opt.name == "adafactor"
+  # The paper's optimizer: relative steps with momentum, 1/sqrt(step).
+  assert opt.adafactor_parameter_scale and opt.adafactor_momentum == 0.9
+  assert opt.grad_clip_norm is None and opt.warmup_steps == 1000
+  np.testing.assert_allclose(opt.learning_rate, 1000 ** -0.5)
   xl4, _, _ = build(["sizes/paper.gin", "variants/xl_4w.gin"])
   assert xl4.block_width == 4 * model.block_width
 
@@ -132,7 +137,8 @@ def test_paper_experiments_are_the_150m_and_1_3b_models(corpus):
     gin.clear_config()
     model, train, opt = build([f"experiments/{corpus}_{tag}.gin"])
     model.check_segment_length(train.segment_length)
-    assert model.recurrent_layers == ((10,) if tag == "150m" else (20,))
+    # Third from the top at both sizes.
+    assert model.recurrent_layers == (model.num_layers - 3,)
     assert model.vocab_size == 32000 and opt.name == "adafactor"
     sizes[tag] = count_params(model)
   assert 120e6 < sizes["150m"] < 250e6, sizes

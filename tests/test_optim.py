@@ -51,3 +51,22 @@ def test_bad_optimizer_settings_name_the_choices():
     OptimizerConfig(name="sgd")
   with pytest.raises(ValueError, match="schedule="):
     OptimizerConfig(schedule="linear")
+
+
+@pytest.mark.parametrize("parameter_scale", [False, True])
+def test_adafactor_parameter_scale_makes_steps_relative(parameter_scale):
+  """Adafactor's first update has RMS 1 before the learning rate (v = g^2 at
+  step 1); with parameter scaling it is then multiplied by each parameter's
+  RMS, so the learning rate becomes a relative step, as in the paper."""
+  params = {"big": jnp.full((4, 4), 2.0), "small": jnp.full((8,), 0.5)}
+  grads = {"big": jnp.arange(16.0).reshape(4, 4) - 7.5,
+           "small": jnp.linspace(-1.0, 1.0, 8)}
+  tx, _ = make_optimizer(OptimizerConfig(
+      learning_rate=0.1, warmup_steps=0, schedule="constant",
+      grad_clip_norm=None, adafactor_parameter_scale=parameter_scale), 10)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  rms = {k: float(jnp.sqrt(jnp.mean(u ** 2))) for k, u in updates.items()}
+  expected = ({"big": 0.2, "small": 0.05} if parameter_scale
+              else {"big": 0.1, "small": 0.1})
+  for k in rms:
+    np.testing.assert_allclose(rms[k], expected[k], rtol=1e-3, err_msg=k)
