@@ -19,25 +19,17 @@ import statistics
 import sys
 import time
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 import brt
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_model import BENCH, SIZES, make_train_step  # noqa: E402
+from bench_model import BENCH, SIZES, bench_inputs, make_train_step  # noqa: E402
 
 
 def compiled_step(overrides: dict, batch: int, segment: int):
-  cfg = brt.ModelConfig(**BENCH, **overrides)
-  model = brt.BlockRecurrentTransformer(cfg)
-  carry = model.initial_carry(batch)
-  tokens = jnp.asarray(np.random.RandomState(1).randint(
-      0, cfg.vocab_size, (batch, segment + 1)), jnp.int32)
-  params = nn.meta.unbox(jax.jit(model.init)(
-      jax.random.PRNGKey(0), tokens[:, :cfg.block_width], carry)["params"])
+  model, params, tokens, carry = bench_inputs(
+      brt.ModelConfig(**BENCH, **overrides), batch, segment)
   step = make_train_step(model).lower(params, tokens, carry).compile()
   return lambda: step(params, tokens, carry)
 

@@ -103,19 +103,24 @@ def peak_device_mib(device) -> float | None:
   return stats["peak_bytes_in_use"] / 2 ** 20
 
 
+def bench_inputs(cfg: brt.ModelConfig, batch: int, segment: int):
+  """(model, params, tokens, carry) of one training step of a segment."""
+  model = brt.BlockRecurrentTransformer(cfg)
+  carry = model.initial_carry(batch)
+  tokens = jnp.asarray(np.random.RandomState(1).randint(
+      0, cfg.vocab_size, (batch, segment + 1)), jnp.int32)
+  params = nn.meta.unbox(jax.jit(model.init)(
+      jax.random.PRNGKey(0), tokens[:, :cfg.block_width], carry)["params"])
+  return model, params, tokens, carry
+
+
 def bench_variant(name, args):
   size = SIZES[args.size]
   cfg = brt.ModelConfig(**size["model"],
                         **variants(size["recurrent_layer"])[name],
                         remat=args.remat, dtype=args.dtype)
-  model = brt.BlockRecurrentTransformer(cfg)
   batch, seg = args.batch, args.segment
-  carry = model.initial_carry(batch)
-  tokens = jnp.asarray(np.random.RandomState(1).randint(
-      0, cfg.vocab_size, (batch, seg + 1)), jnp.int32)
-  params = jax.jit(model.init)(jax.random.PRNGKey(0), tokens[:, :cfg.block_width],
-                               carry)["params"]
-  params = nn.meta.unbox(params)
+  model, params, tokens, carry = bench_inputs(cfg, batch, seg)
   step = make_train_step(model)
 
   compile_s = {}
