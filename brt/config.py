@@ -148,6 +148,12 @@ class ModelConfig:
     return self.recurrent_layers[-1] if self.feedback else None
 
   @property
+  def carries_state(self) -> bool:
+    """Whether blocks pass a learned memory on beyond the previous block's
+    keys/values: a recurrent state or RMT memory tokens."""
+    return bool(self.recurrent_layers or self.memory_tokens)
+
+  @property
   def compressed_slots(self) -> int:
     """Compressed-memory slots per layer (0 when the option is off)."""
     if not self.compressed_mem_factor:
