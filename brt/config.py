@@ -42,7 +42,12 @@ class ModelConfig:
   num_states: int = 128
   gate: str = "fixed"  # "fixed" or "lstm".
   gate_variant: str = "skip"  # "skip", "single" or "dual".
-  fixed_gate_bias_init: float = 2.0  # sigmoid(2) = 0.88 of the old state kept.
+  # The fixed gate's bias starts at N(fixed_gate_bias_init,
+  # fixed_gate_bias_std) per channel; sigmoid(2) = 0.88 of the old state
+  # kept. meliad draws it from N(0, 0.1) (half kept), which leaves
+  # Adafactor's parameter-scaled steps a non-zero scale to work with.
+  fixed_gate_bias_init: float = 2.0
+  fixed_gate_bias_std: float = 0.0
   state_init_std: float = 0.1  # Learned initial state ~ N(0, 0.1).
   # Feedback: every non-recurrent layer also cross-attends to the state that
   # the (last) recurrent layer carried in from the previous block.
@@ -240,6 +245,8 @@ class ModelConfig:
       fail("feedback=True needs a recurrent layer to read the state from; "
            "set recurrent_layers, e.g. (num_layers - 2,).")
     self._validate_memory(fail)
+    if self.fixed_gate_bias_std < 0:
+      fail(f"fixed_gate_bias_std must be >= 0, got {self.fixed_gate_bias_std}.")
     if not 0.0 <= self.dropout_rate < 1.0:
       fail(f"dropout_rate must be in [0, 1), got {self.dropout_rate}.")
     self._validate_read_layers(fail)

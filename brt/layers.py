@@ -98,10 +98,12 @@ class FixedGate(nn.Module):
 
   @nn.compact
   def __call__(self, state, update):
-    bias = self.param(
-        "bias", nn.with_logical_partitioning(
-            nn.initializers.constant(self.config.fixed_gate_bias_init),
-            ("embed",)), (self.config.d_model,))
+    cfg = self.config
+    init = lambda key, shape, dtype=jnp.float32: (
+        cfg.fixed_gate_bias_init
+        + cfg.fixed_gate_bias_std * jax.random.normal(key, shape, dtype))
+    bias = self.param("bias", nn.with_logical_partitioning(init, ("embed",)),
+                      (cfg.d_model,))
     g = jax.nn.sigmoid(bias)
     return state * g + update.astype(jnp.float32) * (1.0 - g)
 

@@ -16,6 +16,7 @@ from conftest import apply, init_model, tiny_config
     (dict(position="rotary", head_dim=5, num_heads=4), r"even head_dim"),
     (dict(block_width=0), r"block_width must be a positive integer"),
     (dict(dropout_rate=1.0), r"dropout_rate"),
+    (dict(fixed_gate_bias_std=-0.1), r"fixed_gate_bias_std must be >= 0"),
 ])
 def test_invalid_configs_are_rejected(overrides, message):
   with pytest.raises(ValueError, match=message):

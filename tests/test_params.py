@@ -1,6 +1,8 @@
 """Parameters: counts and gate formulas checked by hand, real initialisers,
 and gradients that reach the recurrent cell's own parameters."""
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -88,6 +90,12 @@ def test_initialisers_follow_the_config():
   assert initial.shape == (64, 64)
   assert abs(initial.std() - 0.1) < 0.01 and abs(initial.mean()) < 0.01
   np.testing.assert_array_equal(params["blocks"]["layer_1"]["gate"]["bias"], 1.5)
+  # meliad's gate: N(0, 0.1) per channel.
+  _, variables = real_init(dataclasses.replace(
+      cfg, d_model=256, fixed_gate_bias_init=0.0, fixed_gate_bias_std=0.1))
+  bias = np.asarray(variables["params"]["blocks"]["layer_1"]["gate"]["bias"])
+  assert bias.shape == (256,)
+  assert abs(bias.std() - 0.1) < 0.015 and abs(bias.mean()) < 0.02
 
 
 @pytest.mark.parametrize("name", ["rec_fixed_skip", "rec_lstm_dual",
