@@ -95,7 +95,7 @@ def run_one(out, size, corpus, variant, seed, steps, extra, withhold_state):
           flush=True)
   with open(report) as f:
     result = json.load(f)
-  withheld = report.replace(".json", "_state_withheld.json")
+  withheld = os.path.join(workdir, f"eval_test_{steps}_state_withheld.json")
   if withhold_state and not os.path.exists(withheld):
     cfg = run_config(workdir)
     if cfg.carries_state:
