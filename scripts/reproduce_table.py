@@ -67,8 +67,9 @@ def run_config(workdir):
   import gin
   from brt import configurables
   from brt.config import ModelConfig
+  from brt.experiment import CONFIG_FILE
   gin.clear_config()
-  configurables.parse([os.path.join(workdir, "config.gin")])
+  configurables.parse([os.path.join(workdir, CONFIG_FILE)])
   return configurables.build(ModelConfig)
 
 
@@ -95,19 +96,21 @@ def run_one(out, size, corpus, variant, seed, steps, extra, withhold_state):
           flush=True)
   with open(report) as f:
     result = json.load(f)
+  if not withhold_state:
+    return result
   withheld = os.path.join(workdir, f"eval_test_{steps}_state_withheld.json")
-  if withhold_state and not os.path.exists(withheld):
+  if not os.path.exists(withheld):
     cfg = run_config(workdir)
-    if cfg.carries_state:
-      # Every block restarts from the initial state, so segments are one
-      # block long (brt.evaluation.Evaluator).
-      brt_main(workdir, [
-          "--mode=eval", "--eval_split=test",
-          "--gin_param=TrainConfig.eval_withhold_state = True",
-          f"--gin_param=TrainConfig.eval_segment_length = {cfg.block_width}"])
-  if withhold_state and os.path.exists(withheld):
-    with open(withheld) as f:
-      result["withheld_eval"] = json.load(f)
+    if not cfg.carries_state:
+      return result
+    # Every block restarts from the initial state, so segments are one
+    # block long (brt.evaluation.Evaluator).
+    brt_main(workdir, [
+        "--mode=eval", "--eval_split=test",
+        "--gin_param=TrainConfig.eval_withhold_state = True",
+        f"--gin_param=TrainConfig.eval_segment_length = {cfg.block_width}"])
+  with open(withheld) as f:
+    result["withheld_eval"] = json.load(f)
   return result
 
 
