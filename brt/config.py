@@ -49,6 +49,12 @@ class ModelConfig:
   fixed_gate_bias_init: float = 2.0
   fixed_gate_bias_std: float = 0.0
   state_init_std: float = 0.1  # Learned initial state ~ N(0, 0.1).
+  # The state's cross-attention reads the previous block's keys/values as
+  # well as the completed block's (2W keys, as meliad's recurrent cell), so
+  # it sees every token twice: once when its block completes and again one
+  # block later, with the state that already took it in. False (the paper's
+  # description): only the completed block's W keys.
+  state_reads_previous_block: bool = False
   # Feedback: every non-recurrent layer also cross-attends to the state that
   # the (last) recurrent layer carried in from the previous block.
   feedback: bool = False
@@ -244,6 +250,10 @@ class ModelConfig:
     if self.feedback and not self.recurrent_layers:
       fail("feedback=True needs a recurrent layer to read the state from; "
            "set recurrent_layers, e.g. (num_layers - 2,).")
+    if self.state_reads_previous_block and not self.recurrent_layers:
+      fail("state_reads_previous_block=True configures the state update of a "
+           "recurrent layer, and there is none: set recurrent_layers or "
+           "leave it False.")
     self._validate_memory(fail)
     if self.fixed_gate_bias_std < 0:
       fail(f"fixed_gate_bias_std must be >= 0, got {self.fixed_gate_bias_std}.")

@@ -39,10 +39,12 @@ def forward_flops_per_block(cfg: ModelConfig, batch: int = 1) -> int:
   reads_state = (w * 2 * d * h * k    # token->state queries
                  + w * 4 * h * k * s  # token->state attention
                  + w * 2 * h * k * d)  # wider output projection
+  # The keys the state reads: the completed block, and the one before it.
+  state_keys = 2 * w if cfg.state_reads_previous_block else w
   gate = 2 * s * d * 3 * d if cfg.gate == "lstm" else 0
   state_update = (s * 2 * d * 2 * h * k   # state queries (self, ->tokens)
                   + s * 4 * h * k * s     # state self-attention
-                  + s * 4 * h * k * w     # state->token attention
+                  + s * 4 * h * k * state_keys  # state->token attention
                   + s * 2 * 2 * h * k * d  # output projection
                   + gate)
   if cfg.gate_variant != "skip":

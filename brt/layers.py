@@ -366,21 +366,34 @@ class TransformerLayer(nn.Module):
     return x, new
 
   def update_state(self, state: Array, state_kv: dict[str, Array],
-                   block: dict[str, Array], deterministic: bool) -> Array:
+                   block: dict[str, Array], deterministic: bool,
+                   prev: dict[str, Array] | None = None,
+                   prev_visible: Array | None = None) -> Array:
     """The horizontal direction: the state after reading a completed block.
 
     Args:
       state: (B, S, d) float32, the state the block's tokens read.
       state_kv: `read_state(state)`.
       block: {"k", "v"}: (B, W, G, k), the completed block's keys/values.
+      prev, prev_visible: the block before's keys/values (B, W, G, k) and
+        which rows see them (B,) bool; read only with
+        `state_reads_previous_block`.
     """
     cfg = self.config
     dt = cfg.compute_dtype
     q = self.q_state(state_kv["h"])
+    keys, values, mask = block["k"].astype(dt), block["v"].astype(dt), None
+    if cfg.state_reads_previous_block:
+      keys, values = (jnp.concatenate([prev[n].astype(dt), block[n].astype(dt)],
+                                      axis=1) for n in ("k", "v"))
+      w = block["k"].shape[1]
+      mask = jnp.concatenate(  # (B, 1, 1, 2W): no keys before a document.
+          [jnp.broadcast_to(prev_visible[:, None], (len(prev_visible), w)),
+           jnp.ones((len(prev_visible), w), bool)], axis=1)[:, None, None]
     outs = [self._attend(q[:, :, 0], state_kv["k"], state_kv["v"],
                          self.scale_state_self),
-            self._attend(q[:, :, 1], block["k"].astype(dt),
-                         block["v"].astype(dt), self.scale_state_tokens)]
+            self._attend(q[:, :, 1], keys, values, self.scale_state_tokens,
+                         mask=mask)]
     z = self.out_state(jnp.stack(outs, axis=2))
     z = self.dropout(z, deterministic=deterministic)
     new_state = self.gate(state, z)
@@ -420,7 +433,9 @@ class TransformerLayer(nn.Module):
       new_compressed = self.push_compressed(compressed, prev, prev_visible)
     new_state = None
     if self.writes_state:
-      new_state = self.update_state(state, state_kv, block, deterministic)
+      # The previous block's keys are all visible or none (`_prefix_visible`).
+      new_state = self.update_state(state, state_kv, block, deterministic,
+                                    prev, prev_visible[:, -1])
     return x, block, new_state, new_compressed
 
 

@@ -199,7 +199,12 @@ class BlockStep(nn.Module):
         kv = projected[1]
         blocks = {n: jnp.swapaxes(unfold(kv[:, :, j]), 0, 1)
                   for j, n in enumerate("kv")}  # (n, B, W, G, k)
-        new_states[i], reads = _scan_states(layer, states[i], blocks,
+        prev = None
+        if cfg.state_reads_previous_block:  # Each block's predecessor.
+          prev = ({n: jnp.concatenate([carry["cache"][i][n][None].astype(
+              b.dtype), b[:-1]]) for n, b in blocks.items()},
+                  jnp.swapaxes(cache_visible, 0, 1))
+        new_states[i], reads = _scan_states(layer, states[i], blocks, prev,
                                             deterministic)
         state_kv = {n: fold(jnp.swapaxes(r, 0, 1)) for n, r in reads.items()}
       x, kv = layer.tokens(x, None, carry["cache"][i], prefix_visible, 0,
@@ -248,8 +253,10 @@ class BlockStep(nn.Module):
     w, slots = cfg.block_width, cfg.compressed_slots
     block = [{k: v[:, -w:] for k, v in kv.items()} for kv in dec["window"]]
     states = tuple(
-        self._layer(i).update_state(s, dec["reads"][i], block[i],
-                                    deterministic=True)
+        self._layer(i).update_state(
+            s, dec["reads"][i], block[i], deterministic=True,
+            prev={k: v[:, slots:slots + w] for k, v in dec["window"][i].items()},
+            prev_visible=dec["valid"])
         for i, s in zip(cfg.recurrent_layers, dec["state"]))
     memory = [None] * cfg.num_layers
     if slots:
@@ -269,18 +276,21 @@ class BlockStep(nn.Module):
 
 
 def _scan_states(layer: TransformerLayer, state: Array,
-                 blocks: dict[str, Array], deterministic: bool):
+                 blocks: dict[str, Array], prev, deterministic: bool):
   """A recurrent layer's state over n blocks' keys/values (n, B, W, G, k):
   the final state, and the state keys/values (n, B, S, G, k) each block's
-  tokens read (the state carried into it)."""
-  def body(layer, state, block):
+  tokens read (the state carried into it). `prev`: None, or each block's
+  predecessor's keys/values (n, B, W, G, k) and visibility (n, B)."""
+  def body(layer, state, inputs):
+    block, before = inputs
     state_kv = layer.read_state(state)
-    new_state = layer.update_state(state, state_kv, block, deterministic)
+    new_state = layer.update_state(state, state_kv, block, deterministic,
+                                   *(before or (None, None)))
     return new_state, {"k": state_kv["k"], "v": state_kv["v"]}
 
   scan = nn.scan(body, variable_broadcast="params",
                  split_rngs={"params": False, "dropout": True})
-  return scan(layer, state, blocks)
+  return scan(layer, state, (blocks, prev))
 
 
 def _window_after(prev: dict[str, Array],

@@ -18,6 +18,9 @@ VARIANTS = {
     "xl": dict(),
     **{f"rec_{g}_{v}": dict(recurrent_layers=(1,), gate=g, gate_variant=v)
        for g in ("fixed", "lstm") for v in ("skip", "single", "dual")},
+    # meliad's state update: the state also reads the block before.
+    "rec_fixed_skip_reads_prev": dict(recurrent_layers=(1,),
+                                      state_reads_previous_block=True),
     "feedback_fixed": dict(recurrent_layers=(1,), feedback=True),
     "feedback_lstm_dual": dict(recurrent_layers=(1,), feedback=True,
                                gate="lstm", gate_variant="dual"),

@@ -11,6 +11,7 @@ from brt import flops
 @pytest.mark.parametrize("overrides", [
     dict(),
     dict(recurrent_layers=(1,)),
+    dict(recurrent_layers=(1,), state_reads_previous_block=True),
     dict(recurrent_layers=(1,), gate="lstm", gate_variant="dual", feedback=True),
     dict(recurrent_layers=(0,), multi_query=True, gate_variant="single"),
     # Compressed memories (conv: the compressor's matmuls count) and a

@@ -16,6 +16,7 @@ from conftest import VARIANTS, init_model, random_tokens, tiny_config
 LAYER_MAJOR_VARIANTS = {
     **{name: VARIANTS[name] for name in (
         "xl", "rec_fixed_skip", "rec_fixed_single", "rec_lstm_dual",
+        "rec_fixed_skip_reads_prev",
         "two_rec_rotary_mqa_qknorm_nobias")},
     "slide_rec": dict(recurrent_layers=(1,), cache_across_segments=False),
 }

@@ -216,3 +216,47 @@ def test_tied_embeddings_share_the_table():
   assert "unembed" not in variables["params"]
   logits, _ = apply(model, variables, random_tokens(3, 2, 8), model.initial_carry(2))
   assert logits.shape == (2, 8, cfg.vocab_size)
+
+
+def _state_update(cfg, variables, state, block, prev=None, prev_visible=None):
+  """The recurrent layer 1's state after reading `block` (and `prev`)."""
+  layer = layers.TransformerLayer(cfg, "recurrent")
+  params = {"params": variables["params"]["blocks"]["layer_1"]}
+
+  def update(module):
+    return module.update_state(state, module.read_state(state), block, True,
+                               prev, prev_visible)
+
+  return layer.apply(params, method=update)
+
+
+def test_state_reads_previous_block_as_more_keys_and_only_where_visible():
+  on = tiny_config(recurrent_layers=(1,), state_reads_previous_block=True)
+  off = dataclasses.replace(on, state_reads_previous_block=False)
+  _, variables = init_model(on)  # The option adds no parameters.
+  rng = np.random.RandomState(0)
+  shape = (2, on.block_width, on.num_kv_heads, on.head_size)
+  block = {n: jnp.asarray(rng.normal(size=shape), jnp.float32) for n in "kv"}
+  prev = {n: jnp.asarray(rng.normal(size=shape), jnp.float32) for n in "kv"}
+  state = jnp.asarray(rng.normal(size=(2, on.num_states, on.d_model)),
+                      jnp.float32)
+  alone = _state_update(off, variables, state, block)
+  # A block before a document's first is hidden: the block alone.
+  hidden = _state_update(on, variables, state, block, prev,
+                         jnp.array([False, False]))
+  np.testing.assert_allclose(hidden, alone, atol=1e-6, rtol=0)
+  # Keys the state reads twice weigh as once: prev = the block itself gives
+  # the block alone, so the 2W keys are joined along the right axis.
+  doubled = _state_update(on, variables, state, block, block,
+                          jnp.array([True, True]))
+  np.testing.assert_allclose(doubled, alone, atol=1e-5, rtol=0)
+  # A visible previous block moves the state, in the rows that see it only.
+  mixed = _state_update(on, variables, state, block, prev,
+                        jnp.array([True, False]))
+  assert np.abs(np.asarray(mixed[0] - alone[0])).max() > 1e-3
+  np.testing.assert_allclose(mixed[1], alone[1], atol=1e-6, rtol=0)
+
+
+def test_state_reads_previous_block_needs_a_recurrent_layer():
+  with pytest.raises(ValueError, match="recurrent_layers"):
+    tiny_config(state_reads_previous_block=True)

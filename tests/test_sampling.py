@@ -14,6 +14,7 @@ from conftest import (VARIANTS, init_model, random_tokens,
 
 @pytest.mark.parametrize("name", ["xl", "rec_fixed_skip", "rec_lstm_dual",
                                   "rec_fixed_single", "feedback_lstm_dual",
+                                  "rec_fixed_skip_reads_prev",
                                   "two_rec_rotary_mqa_qknorm_nobias"])
 def test_decoder_logits_equal_the_forward_pass(name):
   cfg = tiny_config(**VARIANTS[name])
