@@ -85,13 +85,13 @@ def test_options_and_overrides_apply_in_order():
       ["sizes/small.gin", "variants/rec_lstm_dual.gin",
        "options/window_1024.gin", "options/adamw_cosine.gin",
        "options/model_parallel_2.gin", "options/state_dropout.gin",
-       "options/bfloat16.gin"],
+       "options/bfloat16.gin", "options/qk_norm.gin"],
       ["TrainConfig.segment_length = 2048", "ModelConfig.num_layers = 8"])
   assert model.block_width == 1024 and model.num_layers == 8
   assert train.segment_length == 2048 and train.mesh_shape == (-1, 2)
   assert (opt.name, opt.schedule) == ("adamw", "cosine")
   assert (train.state_dropout, train.cache_dropout) == (0.25, 0.0)
-  assert model.dtype == "bfloat16"
+  assert model.dtype == "bfloat16" and model.qk_norm
 
 
 def test_task_files_and_the_demo_parse():
