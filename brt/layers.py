@@ -376,7 +376,7 @@ class TransformerLayer(nn.Module):
       state_kv: `read_state(state)`.
       block: {"k", "v"}: (B, W, G, k), the completed block's keys/values.
       prev, prev_visible: the block before's keys/values (B, W, G, k) and
-        which rows see them (B,) bool; read only with
+        where they are visible (B, W) bool, as in `tokens`; read only with
         `state_reads_previous_block`.
     """
     cfg = self.config
@@ -386,10 +386,8 @@ class TransformerLayer(nn.Module):
     if cfg.state_reads_previous_block:
       keys, values = (jnp.concatenate([prev[n].astype(dt), block[n].astype(dt)],
                                       axis=1) for n in ("k", "v"))
-      w = block["k"].shape[1]
       mask = jnp.concatenate(  # (B, 1, 1, 2W): no keys before a document.
-          [jnp.broadcast_to(prev_visible[:, None], (len(prev_visible), w)),
-           jnp.ones((len(prev_visible), w), bool)], axis=1)[:, None, None]
+          [prev_visible, jnp.ones_like(prev_visible)], axis=1)[:, None, None]
     outs = [self._attend(q[:, :, 0], state_kv["k"], state_kv["v"],
                          self.scale_state_self),
             self._attend(q[:, :, 1], keys, values, self.scale_state_tokens,
@@ -433,9 +431,8 @@ class TransformerLayer(nn.Module):
       new_compressed = self.push_compressed(compressed, prev, prev_visible)
     new_state = None
     if self.writes_state:
-      # The previous block's keys are all visible or none (`_prefix_visible`).
       new_state = self.update_state(state, state_kv, block, deterministic,
-                                    prev, prev_visible[:, -1])
+                                    prev, prev_visible[:, -prev["k"].shape[1]:])
     return x, block, new_state, new_compressed
 
 

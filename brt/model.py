@@ -203,7 +203,7 @@ class BlockStep(nn.Module):
         if cfg.state_reads_previous_block:  # Each block's predecessor.
           prev = ({n: jnp.concatenate([carry["cache"][i][n][None].astype(
               b.dtype), b[:-1]]) for n, b in blocks.items()},
-                  jnp.swapaxes(cache_visible, 0, 1))
+                  jnp.swapaxes(unfold(prefix_visible), 0, 1))
         new_states[i], reads = _scan_states(layer, states[i], blocks, prev,
                                             deterministic)
         state_kv = {n: fold(jnp.swapaxes(r, 0, 1)) for n, r in reads.items()}
@@ -256,7 +256,7 @@ class BlockStep(nn.Module):
         self._layer(i).update_state(
             s, dec["reads"][i], block[i], deterministic=True,
             prev={k: v[:, slots:slots + w] for k, v in dec["window"][i].items()},
-            prev_visible=dec["valid"])
+            prev_visible=self._prefix_visible(dec["valid"], None))
         for i, s in zip(cfg.recurrent_layers, dec["state"]))
     memory = [None] * cfg.num_layers
     if slots:
@@ -280,7 +280,7 @@ def _scan_states(layer: TransformerLayer, state: Array,
   """A recurrent layer's state over n blocks' keys/values (n, B, W, G, k):
   the final state, and the state keys/values (n, B, S, G, k) each block's
   tokens read (the state carried into it). `prev`: None, or each block's
-  predecessor's keys/values (n, B, W, G, k) and visibility (n, B)."""
+  predecessor's keys/values (n, B, W, G, k) and visibility (n, B, W)."""
   def body(layer, state, inputs):
     block, before = inputs
     state_kv = layer.read_state(state)

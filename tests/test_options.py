@@ -242,17 +242,18 @@ def test_state_reads_previous_block_as_more_keys_and_only_where_visible():
                       jnp.float32)
   alone = _state_update(off, variables, state, block)
   # A block before a document's first is hidden: the block alone.
+  visible = lambda rows: jnp.repeat(jnp.array(rows)[:, None], on.block_width, 1)
   hidden = _state_update(on, variables, state, block, prev,
-                         jnp.array([False, False]))
+                         visible([False, False]))
   np.testing.assert_allclose(hidden, alone, atol=1e-6, rtol=0)
   # Keys the state reads twice weigh as once: prev = the block itself gives
   # the block alone, so the 2W keys are joined along the right axis.
   doubled = _state_update(on, variables, state, block, block,
-                          jnp.array([True, True]))
+                          visible([True, True]))
   np.testing.assert_allclose(doubled, alone, atol=1e-5, rtol=0)
   # A visible previous block moves the state, in the rows that see it only.
   mixed = _state_update(on, variables, state, block, prev,
-                        jnp.array([True, False]))
+                        visible([True, False]))
   assert np.abs(np.asarray(mixed[0] - alone[0])).max() > 1e-3
   np.testing.assert_allclose(mixed[1], alone[1], atol=1e-6, rtol=0)
 
