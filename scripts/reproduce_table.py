@@ -73,12 +73,24 @@ def run_config(workdir):
   return configurables.build(ModelConfig)
 
 
+def run_dir(out, corpus, variant, seed):
+  """The workdir of one (corpus, variant, seed) run under `out`."""
+  return os.path.join(out, f"{corpus}-{variant}-s{seed}")
+
+
+def report_path(workdir, steps, withheld=False):
+  """A run's test-split evaluation after `steps`, or the one with its
+  state withheld."""
+  suffix = "_state_withheld" if withheld else ""
+  return os.path.join(workdir, f"eval_test_{steps}{suffix}.json")
+
+
 def run_one(out, size, corpus, variant, seed, steps, extra, withhold_state):
   """Trains and evaluates one run; returns its eval report, with the
   report of the evaluation with the state withheld under "withheld_eval"
   when asked for and the model carries a state."""
-  workdir = os.path.join(out, f"{corpus}-{variant}-s{seed}")
-  report = os.path.join(workdir, f"eval_test_{steps}.json")
+  workdir = run_dir(out, corpus, variant, seed)
+  report = report_path(workdir, steps)
   if not os.path.exists(report):
     params = [f"TrainConfig.num_steps = {steps}", f"TrainConfig.seed = {seed}",
               "TrainConfig.log_every = 50", "TrainConfig.eval_every = 0",
@@ -98,7 +110,7 @@ def run_one(out, size, corpus, variant, seed, steps, extra, withhold_state):
     result = json.load(f)
   if not withhold_state:
     return result
-  withheld = os.path.join(workdir, f"eval_test_{steps}_state_withheld.json")
+  withheld = report_path(workdir, steps, withheld=True)
   if not os.path.exists(withheld):
     cfg = run_config(workdir)
     if not cfg.carries_state:
