@@ -23,6 +23,10 @@ qk_norm and state dropout):
 With --candidate_withheld (or --baseline_withheld) a side is read from the
 evaluation with the state withheld (reproduce_table.py --withhold_state);
 a run against itself withheld is what its state is worth, per document.
+
+With --plot PNG it also draws, per corpus, the difference in bits per
+token against the position in the documents (each seed, their mean and a
+band of one standard error): where in a long document the candidate wins.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import reproduce_table  # pylint: disable=wrong-import-position
 
 METRICS = ("bits_per_token", "bits_per_byte")
+LN2 = math.log(2.0)
 
 
 def seeds_with_reports(out, corpus, variant, steps, withheld=False):
@@ -99,7 +104,91 @@ def paired(baseline, candidate, seeds, metric="bits_per_token"):
   return {"metric": metric, "seeds": list(seeds), "per_seed": per_seed,
           "mean_difference": float(diffs.mean()), "stderr": stderr,
           "candidate_ahead_seeds": int(np.sum(diffs < 0)),
-          "per_document": per_document}
+          "per_document": per_document,
+          "by_position": by_position(baseline, candidate, seeds)}
+
+
+def by_position(baseline, candidate, seeds):
+  """Candidate - baseline in bits per token in each position bin of the
+  documents (the reports' loss-by-position bins), one row per seed; None
+  when a report has no bins (written before brt.evaluation kept them).
+
+  The bins must hold the same tokens on both sides, as they do for runs
+  evaluated on the same split: then each row, weighted by the bins' token
+  counts, averages to that seed's bits-per-token difference.
+  """
+  reports = [*baseline, *candidate]
+  if any("position_count" not in r for r in reports):
+    return None
+  first = reports[0]
+  count = np.asarray(first["position_count"], np.float64)
+  for seed, r in zip(list(seeds) * 2, reports):
+    if (r["position_bin"] != first["position_bin"] or
+        not np.array_equal(r["position_count"], count)):
+      raise ValueError(
+          f"seed {seed}: the runs' loss-by-position bins hold different "
+          "tokens; evaluate all of them on the same split of the same data "
+          "with the same position bin")
+  keep = count > 0
+  mean_bits = lambda r: (np.asarray(r["position_loss_sum"])[keep] /
+                         count[keep] / LN2)
+  return {"position_bin": int(first["position_bin"]),
+          "starts": (np.flatnonzero(keep) * first["position_bin"]).tolist(),
+          "num_tokens": count[keep].tolist(),
+          "differences": [(mean_bits(c) - mean_bits(b)).tolist()
+                          for b, c in zip(baseline, candidate)]}
+
+
+def _doubling_groups(pos):
+  """The position bins merged into groups that double in length (bins
+  [0, 1), [1, 3), [3, 7), ...), token-weighted: the few long documents
+  make single far bins noisy. Returns each group's mean position and the
+  differences (seeds, groups)."""
+  bins = np.asarray(pos["starts"]) // pos["position_bin"]
+  group = np.floor(np.log2(bins + 1)).astype(int)
+  weight = np.asarray(pos["num_tokens"])
+  centre = np.asarray(pos["starts"]) + pos["position_bin"] / 2
+  diffs = np.asarray(pos["differences"])
+  groups = np.unique(group)
+  mean = lambda v, g: np.sum(v * weight[g == group]) / weight[g == group].sum()
+  x = np.array([mean(centre[group == g], g) for g in groups])
+  return x, np.array([[mean(row[group == g], g) for g in groups]
+                      for row in diffs])
+
+
+def plot_by_position(comparisons, path, title=None):
+  """A PNG with one panel per corpus: each seed's difference by position,
+  their mean and a one-standard-error band; below zero the candidate wins."""
+  import matplotlib  # Imported here: only --plot needs it.
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, axes = plt.subplots(1, len(comparisons), squeeze=False,
+                           figsize=(5 * len(comparisons), 3.8))
+  for ax, (corpus, c) in zip(axes[0], comparisons.items()):
+    x, diffs = _doubling_groups(c["by_position"])
+    for row in diffs:
+      ax.plot(x, row, color="0.7", linewidth=0.8)
+    mean = diffs.mean(axis=0)
+    ax.plot(x, mean, color="C0", marker=".",
+            label=f"mean of {len(diffs)} seeds")
+    if len(diffs) > 1:
+      se = diffs.std(axis=0, ddof=1) / math.sqrt(len(diffs))
+      ax.fill_between(x, mean - se, mean + se, color="C0", alpha=0.25,
+                      label="± one standard error")
+    ax.axhline(0.0, color="k", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("position in document (tokens)")
+    ax.set_ylabel("candidate − baseline, bits per token")
+    ax.set_title(corpus)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+  if title:
+    fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
 
 
 def documents_ahead(comparison):
@@ -159,6 +248,9 @@ def main(argv=None):
                       help="default: every seed with runs on both sides")
   parser.add_argument("--metric", default="bits_per_token", choices=METRICS)
   parser.add_argument("--json", help="also write the comparison here")
+  parser.add_argument("--plot", metavar="PNG",
+                      help="also draw the difference against the position "
+                      "in the documents here")
   args = parser.parse_args(argv)
 
   sides = ((*args.baseline, args.baseline_withheld),
@@ -186,6 +278,11 @@ def main(argv=None):
                  f"{args.steps} steps (looked for <OUT>/<corpus>-<VARIANT>-s<seed>/"
                  f"eval_test_{args.steps}.json); check --steps and the "
                  "directories")
+  unbinned = [c for c, v in comparisons.items() if v["by_position"] is None]
+  if args.plot and unbinned:
+    parser.error(f"{unbinned[0]}: a report has no loss-by-position bins, so "
+                 "--plot has nothing to draw; evaluate the runs again "
+                 "(python -m brt.main --mode=eval)")
   for corpus, comparison in comparisons.items():
     print("\n".join(describe(corpus, comparison)))
   print(verdict(comparisons))
@@ -194,6 +291,10 @@ def main(argv=None):
       json.dump({"baseline": list(sides[0]), "candidate": list(sides[1]),
                  "steps": args.steps, "comparisons": comparisons}, f,
                 indent=1)
+  if args.plot:
+    title = (f"{args.candidate[1]} − {args.baseline[1]} after "
+             f"{args.steps} steps")
+    print(f"wrote {plot_by_position(comparisons, args.plot, title)}")
   return comparisons
 
 
