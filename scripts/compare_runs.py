@@ -41,11 +41,12 @@ import sys
 
 import numpy as np
 
+from brt.data.metrics import LN2
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import reproduce_table  # pylint: disable=wrong-import-position
 
 METRICS = ("bits_per_token", "bits_per_byte")
-LN2 = math.log(2.0)
 
 
 def seeds_with_reports(out, corpus, variant, steps, withheld=False):
@@ -144,16 +145,13 @@ def _doubling_groups(pos):
   [0, 1), [1, 3), [3, 7), ...), token-weighted: the few long documents
   make single far bins noisy. Returns each group's mean position and the
   differences (seeds, groups)."""
-  bins = np.asarray(pos["starts"]) // pos["position_bin"]
-  group = np.floor(np.log2(bins + 1)).astype(int)
+  starts = np.asarray(pos["starts"])
+  _, group = np.unique(np.floor(np.log2(starts // pos["position_bin"] + 1)),
+                       return_inverse=True)
   weight = np.asarray(pos["num_tokens"])
-  centre = np.asarray(pos["starts"]) + pos["position_bin"] / 2
-  diffs = np.asarray(pos["differences"])
-  groups = np.unique(group)
-  mean = lambda v, g: np.sum(v * weight[g == group]) / weight[g == group].sum()
-  x = np.array([mean(centre[group == g], g) for g in groups])
-  return x, np.array([[mean(row[group == g], g) for g in groups]
-                      for row in diffs])
+  mean = lambda v: np.bincount(group, weight * v) / np.bincount(group, weight)
+  return (mean(starts + pos["position_bin"] / 2),
+          np.array([mean(row) for row in np.asarray(pos["differences"])]))
 
 
 def plot_by_position(comparisons, path, title=None):
