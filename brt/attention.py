@@ -37,18 +37,24 @@ def key_positions(block_width: int, compressed_slots: int = 0,
 
 
 def window_mask(block_width: int, compressed_slots: int = 0,
-                compression_factor: int = 1) -> np.ndarray:
-  """(W, C + 2W) bool: query i of a block sees the compressed memory, cached
-  keys 0..W-1 and block keys 0..i.
+                compression_factor: int = 1,
+                window: str = "sliding") -> np.ndarray:
+  """(W, C + 2W) bool: which of the window's keys query i of a block sees.
 
-  Query i sits at position W + i and sees every key at or before it:
-  between W and 2W - 1 earlier tokens, plus itself (and the compressed
-  memory, always before the window; which slots hold anything is a per-row
-  mask applied separately).
+  Query i sits at position W + i. "sliding": the W keys before it, W + i - W
+  .. W + i - 1, not itself (meliad's causal mask). "blocks": every key at or
+  before it, between W and 2W - 1 earlier tokens plus itself. The
+  compressed memory, always before the window, is seen either way (which
+  slots hold anything is a per-row mask applied separately).
   """
+  if window not in ("sliding", "blocks"):
+    raise ValueError(f"window={window!r} is not 'sliding' or 'blocks'.")
   q = np.arange(block_width)[:, None] + block_width
   k = key_positions(block_width, compressed_slots, compression_factor)[None, :]
-  return k <= q
+  if window == "blocks":
+    return k <= q
+  compressed = np.arange(k.shape[1])[None, :] < compressed_slots
+  return compressed | ((k < q) & (k >= q - block_width))
 
 
 def window_distances(block_width: int, compressed_slots: int = 0,
@@ -98,7 +104,8 @@ def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
 
 def attend(query: jax.Array, key: jax.Array, value: jax.Array, *,
            scale: jax.Array | float, bias: jax.Array | None = None,
-           mask: jax.Array | None = None, impl: str = "einsum") -> jax.Array:
+           mask: jax.Array | None = None, impl: str = "einsum",
+           bias_scaled: bool = False, dropout=None) -> jax.Array:
   """Multi-head (or multi-query) dot-product attention.
 
   Args:
@@ -107,19 +114,25 @@ def attend(query: jax.Array, key: jax.Array, value: jax.Array, *,
     scale: a scalar, or (H,) per-head scales (normalised queries/keys).
     bias: added to the logits, broadcastable to (B, H, Q, K).
     mask: bool, True where a key is visible, broadcastable to (B, H, Q, K).
-      Every query must see at least one key.
+      A query that sees no key reads nothing (a zero output).
     impl: "einsum" (below, the reference) or "dot_product_attention".
+    bias_scaled: the logits are (q.k + bias) * scale (meliad, with normalised
+      queries/keys) rather than q.k * scale + bias.
+    dropout: None, or a function applied to the attention weights (einsum
+      only).
   Returns:
     (B, Q, H, k) in the value's dtype.
   """
   if impl == "dot_product_attention":
+    if dropout is not None:
+      raise ValueError("attention dropout needs impl='einsum'.")
     return _dot_product_attention(query, key, value, scale=scale, bias=bias,
-                                  mask=mask)
+                                  mask=mask, bias_scaled=bias_scaled)
   b, q_len, heads, k_size = query.shape
   groups = key.shape[2]
   per_group = heads // groups
-  if q_len == 1:
-    return _attend_one_query(query, key, value, scale, bias, mask)
+  if q_len == 1 and dropout is None:
+    return _attend_one_query(query, key, value, scale, bias, mask, bias_scaled)
   # The logits' layout: "bhqk" (plain heads), "bgnqk" (query heads grouped
   # by the key/value head they share) or "bqhk" (multi-query).
   if groups == 1 and heads > 1:
@@ -162,23 +175,33 @@ def attend(query: jax.Array, key: jax.Array, value: jax.Array, *,
     scale = logits_shaped(scale[:, None, None])[0]  # Per head.
   weights = _softmax(logits, scale,
                      None if bias is None else logits_shaped(bias),
-                     None if mask is None else logits_shaped(mask))
+                     None if mask is None else logits_shaped(mask),
+                     bias_scaled)
+  if dropout is not None:
+    weights = dropout(weights)
   out = linear.einsum(pv, weights.astype(value.dtype), value, value.dtype)
   return out.reshape(b, q_len, heads, k_size)
 
 
-def _softmax(logits, scale, bias, mask):
+def _softmax(logits, scale, bias, mask, bias_scaled=False):
   """The attention weights, float32: scale, add the bias, hide masked keys;
-  each broadcastable to the logits."""
-  logits = logits * scale
+  each broadcastable to the logits. A row with no visible key gets zero
+  weights (the softmax of a row of equal masked logits would spread over
+  them)."""
   if bias is not None:
-    logits = linear.add_bias(logits, jnp.asarray(bias, jnp.float32))
-  if mask is not None:
-    logits = jnp.where(mask, logits, _MASKED)
-  return jax.nn.softmax(logits, axis=-1)
+    bias = jnp.asarray(bias, jnp.float32)
+    if bias_scaled:
+      logits = linear.add_bias(logits, bias)
+  logits = logits * scale
+  if bias is not None and not bias_scaled:
+    logits = linear.add_bias(logits, bias)
+  if mask is None:
+    return jax.nn.softmax(logits, axis=-1)
+  weights = jax.nn.softmax(jnp.where(mask, logits, _MASKED), axis=-1)
+  return jnp.where(mask, weights, 0.0)
 
 
-def _attend_one_query(query, key, value, scale, bias, mask):
+def _attend_one_query(query, key, value, scale, bias, mask, bias_scaled):
   """`attend` for a single query per row (incremental decoding), as
   elementwise products and sums in float32 over the keys/values in their
   (B, K, G, k) layout: a dot would first transpose the whole window to put
@@ -192,7 +215,7 @@ def _attend_one_query(query, key, value, scale, bias, mask):
   scale = jnp.asarray(scale, jnp.float32)
   if scale.ndim:
     scale = scale[:, None, None]  # Per head.
-  weights = _softmax(logits, scale, bias, mask)  # (B, H, 1, K)
+  weights = _softmax(logits, scale, bias, mask, bias_scaled)  # (B, H, 1, K)
   weights = weights[:, :, 0].transpose(0, 2, 1)
   weights = weights.reshape(b, -1, groups, heads // groups, 1)
   value = value.astype(jnp.float32)[:, :, :, None]  # (B, K, G, 1, k)
@@ -200,7 +223,8 @@ def _attend_one_query(query, key, value, scale, bias, mask):
   return out.reshape(b, 1, heads, k_size).astype(out_dtype)
 
 
-def _dot_product_attention(query, key, value, *, scale, bias, mask):
+def _dot_product_attention(query, key, value, *, scale, bias, mask,
+                           bias_scaled=False):
   """`attend` through jax.nn.dot_product_attention.
 
   That function takes grouped key/value heads itself (query head n uses
@@ -209,18 +233,21 @@ def _dot_product_attention(query, key, value, *, scale, bias, mask):
   pick the kernel (XLA's on CPU); the cuDNN flash kernel needs
   implementation="cudnn" in jax 0.10, 16-bit inputs and a GPU.
   """
-  if not isinstance(scale, (int, float)):
-    # Learned per-head scales: fold them into the queries -- the logits are
-    # linear in the query, so (q * s) . k == s * (q . k).
-    per_head = jnp.broadcast_to(jnp.asarray(scale, jnp.float32),
-                                (query.shape[2],))
-    query = (query.astype(jnp.float32)
-             * per_head[None, None, :, None]).astype(query.dtype)
-    scale = 1.0
-
   def as_4d(x):
     x = jnp.asarray(x)
     return x.reshape((1,) * (4 - x.ndim) + x.shape)
+
+  per_head = jnp.broadcast_to(jnp.asarray(scale, jnp.float32),
+                              (query.shape[2],))
+  if bias is not None and bias_scaled:
+    # (q.k + b) s = q.k s + b s.
+    bias = as_4d(bias).astype(jnp.float32) * per_head[None, :, None, None]
+  if not isinstance(scale, (int, float)):
+    # Learned per-head scales: fold them into the queries -- the logits are
+    # linear in the query, so (q * s) . k == s * (q . k).
+    query = (query.astype(jnp.float32)
+             * per_head[None, None, :, None]).astype(query.dtype)
+    scale = 1.0
 
   dtype = query.dtype
   out = jax.nn.dot_product_attention(
@@ -228,4 +255,9 @@ def _dot_product_attention(query, key, value, *, scale, bias, mask):
       bias=None if bias is None else as_4d(bias).astype(jnp.float32),
       mask=None if mask is None else as_4d(mask),
       scale=scale, implementation=None)
+  if mask is not None:
+    # A query that sees no key reads nothing, as in `attend`.
+    seen = jnp.any(jnp.broadcast_to(as_4d(mask), (
+        out.shape[0], out.shape[2], out.shape[1], key.shape[1])), axis=-1)
+    out = out * jnp.swapaxes(seen, 1, 2)[..., None].astype(out.dtype)
   return out.astype(dtype)

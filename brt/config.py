@@ -17,8 +17,19 @@ GATE_VARIANTS = ("skip", "single", "dual")
 POSITIONS = ("t5", "rotary")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 ACTIVATIONS = ("gelu", "relu", "swish")
+WINDOWS = ("sliding", "blocks")
+EMPTY_CACHES = ("zeros", "masked")
+NORMS = ("rms", "layer")
 ATTENTION_IMPLS = ("einsum", "dot_product_attention")
 COMPRESSIONS = ("conv", "mean")
+
+# brt's model before it followed meliad, as far as options reach it (its
+# single/dual cells, LSTM gate wiring, dropout placement and per-reader state
+# projections are gone): for ablations against the paper's model.
+CLASSIC = dict(window="blocks", empty_cache="masked", qk_norm=False,
+               norm="layer", mlp_activation="gelu", use_bias=True,
+               tie_embeddings=False, fixed_gate_bias_init=2.0,
+               fixed_gate_bias_std=0.0, state_reads_previous_block=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,22 +52,28 @@ class ModelConfig:
   recurrent_layers: tuple[int, ...] = ()
   num_states: int = 128
   gate: str = "fixed"  # "fixed" or "lstm".
-  gate_variant: str = "skip"  # "skip", "single" or "dual".
-  # The fixed gate's bias starts at N(fixed_gate_bias_init,
-  # fixed_gate_bias_std) per channel; sigmoid(2) = 0.88 of the old state
-  # kept. meliad draws it from N(0, 0.1) (half kept), which leaves
-  # Adafactor's parameter-scaled steps a non-zero scale to work with.
-  fixed_gate_bias_init: float = 2.0
-  fixed_gate_bias_std: float = 0.0
+  # The state's cell (meliad's recurrent_skip_ffn / recurrent_single_gate):
+  # "skip": attention -> projection -> gate; "dual": then a norm, the MLP
+  # and a second gate computed from the MLP's hidden layer; "single": no
+  # projection -- the attention output feeds the MLP (final tanh), and one
+  # gate, computed from its hidden layer, writes it onto the state.
+  gate_variant: str = "skip"
+  # The fixed gate g = sigmoid(b) per channel starts from b ~
+  # N(fixed_gate_bias_init, fixed_gate_bias_std): meliad's N(0, 0.1), half of
+  # the old state kept (the small spread gives Adafactor's parameter-scaled
+  # steps a non-zero scale). brt used to start at 2 (0.88 kept).
+  fixed_gate_bias_init: float = 0.0
+  fixed_gate_bias_std: float = 0.1
   state_init_std: float = 0.1  # Learned initial state ~ N(0, 0.1).
   # The state's cross-attention reads the previous block's keys/values as
   # well as the completed block's (2W keys, as meliad's recurrent cell), so
   # it sees every token twice: once when its block completes and again one
-  # block later, with the state that already took it in. False (the paper's
-  # description): only the completed block's W keys.
-  state_reads_previous_block: bool = False
+  # block later, with the state that already took it in. False: only the
+  # completed block's W keys (the paper's description).
+  state_reads_previous_block: bool = True
   # Feedback: every non-recurrent layer also cross-attends to the state that
-  # the (last) recurrent layer carried in from the previous block.
+  # the (last) recurrent layer carried in from the previous block, through
+  # that layer's own state keys/values (state IDs included), as meliad does.
   feedback: bool = False
   # Read/write placement (the PyTorch port's `read_recurrent_layers`): empty,
   # each recurrent layer's tokens read its own state; else one layer per
@@ -65,6 +82,7 @@ class ModelConfig:
   # recurrent_layers[n] writes -- the state from the previous block, since
   # the current block's is written only after its tokens went through the
   # stack. A writer that is not its own reader only updates the state.
+  # Every reader takes its writer's state keys/values.
   # `feedback` is the special case "every layer reads".
   read_recurrent_layers: tuple[int, ...] = ()
   # True: the previous block's keys/values are carried across segments (XL).
@@ -91,21 +109,48 @@ class ModelConfig:
   num_position_buckets: int = 32
   max_position_distance: int = 128
   rotary_base: float = 10_000.0
+  # The attention window. "sliding": each token attends to exactly the W
+  # tokens before it and not to itself (meliad's causal_mask; the paper's
+  # model). "blocks": the previous block and its own block's causal prefix,
+  # itself included (W + 1 to 2W keys; brt's model before it followed
+  # meliad).
+  window: str = "sliding"
+  # What stands before a document's first block (and before every segment
+  # in "Slide"): "zeros", W zero keys/values that the tokens and the state
+  # still attend to, as meliad resets its cache -- they take softmax weight
+  # at the bare position bias and add nothing, somewhere to put attention
+  # that finds nothing to read; "masked", no keys at all (a token that then
+  # sees no key reads nothing).
+  empty_cache: str = "zeros"
   # Attention options.
   multi_query: bool = False  # One key/value head shared by all query heads.
-  qk_norm: bool = False  # L2-normalised queries/keys with a learned scale.
+  # L2-normalised queries and keys (meliad's normalize_keys, on in its base
+  # config) with a learned per-head scale for each attention, starting at
+  # qk_scale_init (meliad: 1; brt used sqrt(head_dim)); the relative-
+  # position bias is added before the scale, as meliad does. False: queries
+  # scaled by 1/sqrt(head_dim), the bias added to those logits.
+  qk_norm: bool = True
+  qk_scale_init: float = 1.0
   # Attention kernel: "einsum" (the plain reference path) or
   # "dot_product_attention" (jax.nn.dot_product_attention; the cuDNN flash
-  # kernel on GPUs where it applies, XLA elsewhere). Same results.
+  # kernel on GPUs where it applies, XLA elsewhere). Same results; training
+  # with attention dropout takes the einsum path.
   attention_impl: str = "einsum"
   # Everything else.
-  mlp_activation: str = "gelu"
+  # "rms": scale-only RMS norms (meliad, T5); "layer": LayerNorm with a mean
+  # (and a bias with use_bias).
+  norm: str = "rms"
+  mlp_activation: str = "relu"
   # Biases of the MLP, the attention output projections, the unembedding and
-  # the layer norms. False: scale-only norms and bias-free products, as in
-  # T5, PaLM and the PyTorch port (the gates keep theirs: they set what the
-  # state remembers at the start).
-  use_bias: bool = True
+  # "layer" norms (the gates keep theirs: they set what the state remembers
+  # at the start). meliad has none.
+  use_bias: bool = False
+  # Dropout as meliad places it: on the normalised input before the
+  # queries/keys/values, after the MLP, and before the logits
+  # (dropout_rate); on the self-attention weights (attention_dropout_rate).
+  # Nothing inside the recurrent state's update.
   dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
   remat: bool = False  # Recompute each block step in the backward pass.
   # How a segment is computed (the results are the same): True, layer by
   # layer, every block of a layer at once, only the recurrent states scanned
@@ -118,7 +163,9 @@ class ModelConfig:
   # products run slower over all the blocks' rows at once).
   layer_major: bool | None = None
   dtype: str = "float32"  # Activation dtype; parameters stay float32.
-  tie_embeddings: bool = False
+  # True: the logits are the embedding's transpose times the output, over
+  # sqrt(vocab_size) (meliad's decoder_stack); False: a separate output layer.
+  tie_embeddings: bool = True
 
   def __post_init__(self):
     # Gin and JSON give lists; the dataclass is frozen and hashable, so keep
@@ -241,7 +288,8 @@ class ModelConfig:
       fail(f"recurrent_layers {self.recurrent_layers} has duplicates.")
     choices = (("gate", GATES), ("gate_variant", GATE_VARIANTS),
                ("position", POSITIONS), ("dtype", tuple(DTYPES)),
-               ("mlp_activation", ACTIVATIONS),
+               ("mlp_activation", ACTIVATIONS), ("window", WINDOWS),
+               ("empty_cache", EMPTY_CACHES), ("norm", NORMS),
                ("attention_impl", ATTENTION_IMPLS),
                ("compression", COMPRESSIONS))
     for name, allowed in choices:
@@ -250,15 +298,14 @@ class ModelConfig:
     if self.feedback and not self.recurrent_layers:
       fail("feedback=True needs a recurrent layer to read the state from; "
            "set recurrent_layers, e.g. (num_layers - 2,).")
-    if self.state_reads_previous_block and not self.recurrent_layers:
-      fail("state_reads_previous_block=True configures the state update of a "
-           "recurrent layer, and there is none: set recurrent_layers or "
-           "leave it False.")
     self._validate_memory(fail)
     if self.fixed_gate_bias_std < 0:
       fail(f"fixed_gate_bias_std must be >= 0, got {self.fixed_gate_bias_std}.")
-    if not 0.0 <= self.dropout_rate < 1.0:
-      fail(f"dropout_rate must be in [0, 1), got {self.dropout_rate}.")
+    for name in ("dropout_rate", "attention_dropout_rate"):
+      if not 0.0 <= getattr(self, name) < 1.0:
+        fail(f"{name} must be in [0, 1), got {getattr(self, name)}.")
+    if self.qk_scale_init <= 0:
+      fail(f"qk_scale_init must be positive, got {self.qk_scale_init}.")
     self._validate_read_layers(fail)
     self._validate_compression(fail)
 

@@ -35,32 +35,34 @@ def forward_flops_per_block(cfg: ModelConfig, batch: int = 1) -> int:
     # per key/value head, for keys and values.
     plain += 2 * (w // cfg.compressed_mem_factor) * g * 2 * (
         cfg.compressed_mem_factor * k) * k
-  state_kv = s * 2 * d * 2 * g * k  # state keys/values (readers and writers)
+  state_kv = s * 2 * d * 2 * g * k  # state keys/values (once, by the writer)
   reads_state = (w * 2 * d * h * k    # token->state queries
                  + w * 4 * h * k * s  # token->state attention
                  + w * 2 * h * k * d)  # wider output projection
   # The keys the state reads: the completed block, and the one before it.
   state_keys = 2 * w if cfg.state_reads_previous_block else w
-  gate = 2 * s * d * 3 * d if cfg.gate == "lstm" else 0
+  attended = 2 * h * k  # the state's two attention outputs, per state vector
+
+  def gate(fan_in):  # the LSTM gate's input and forget products
+    return 2 * s * fan_in * 2 * d if cfg.gate == "lstm" else 0
+
   state_update = (s * 2 * d * 2 * h * k   # state queries (self, ->tokens)
                   + s * 4 * h * k * s     # state self-attention
-                  + s * 4 * h * k * state_keys  # state->token attention
-                  + s * 2 * 2 * h * k * d  # output projection
-                  + gate)
-  if cfg.gate_variant != "skip":
-    state_update += mlp(s)
+                  + s * 4 * h * k * state_keys)  # state->token attention
+  if cfg.gate_variant == "single":  # attention -> MLP, gated from its hidden
+    state_update += s * 2 * (attended * m + m * d) + gate(m)
+  else:  # projection, gated from the attention output
+    state_update += s * 2 * attended * d + gate(attended)
   if cfg.gate_variant == "dual":
-    state_update += gate
+    state_update += mlp(s) + gate(m)
 
-  total = w * 2 * d * v  # unembedding
+  total = w * 2 * d * v  # output layer (the tied embedding or its own)
   for layer in range(cfg.num_layers):
     total += plain
     if cfg.layer_reads_state(layer):
       total += reads_state
-    if cfg.layer_reads_state(layer) or layer in cfg.recurrent_layers:
-      total += state_kv
     if layer in cfg.recurrent_layers:
-      total += state_update
+      total += state_kv + state_update
   return batch * total
 
 

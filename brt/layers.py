@@ -22,35 +22,41 @@ _ACTIVATIONS = {"gelu": nn.gelu, "relu": nn.relu, "swish": nn.swish}
 
 
 def dense(features, names, *, axis=-1, dtype=jnp.float32, use_bias=True,
-          name=None, bias_init=nn.initializers.zeros):
+          name=None, bias_init=nn.initializers.zeros, kernel_scale=1.0):
   """A dense layer whose kernel and bias carry logical axis names.
 
   It contracts the input's last axes: `axis` is -1, or (-n, ..., -1).
   `names` names the kernel's axes (input axes first, then output axes); the
-  bias takes the output axes' names.
+  bias takes the output axes' names. The kernel is drawn as
+  variance_scaling(kernel_scale, "fan_in", "truncated_normal"), lecun_normal
+  at the default scale, as meliad draws every kernel.
   """
   axes = (axis,) if isinstance(axis, int) else tuple(axis)
   if axes != tuple(range(-len(axes), 0)):
     raise ValueError(f"dense contracts trailing axes only, got axis={axis}.")
   return linear.Dense(features, tuple(names), num_axes=len(axes), dtype=dtype,
-                      use_bias=use_bias, bias_init=bias_init, name=name)
+                      use_bias=use_bias, bias_init=bias_init,
+                      kernel_scale=kernel_scale, name=name)
 
 
 class LayerNorm(nn.Module):
-  """flax's LayerNorm over the last axis, in float32, with the same
-  parameters ("scale", and "bias" unless use_bias=False) and epsilon; the
+  """A norm over the last axis, in float32: with `use_mean` flax's LayerNorm,
+  else the scale-only RMS norm of T5 and meliad (x / rms(x) * scale), with
+  flax's parameter names ("scale", and "bias" if use_bias) and epsilon; the
   scale and bias go through `linear.multiply` and `linear.add_bias`, whose
   gradients are products rather than reductions."""
   use_bias: bool = True
+  use_mean: bool = True
   epsilon: float = 1e-6
 
   @nn.compact
   def __call__(self, x):
     x = x.astype(jnp.float32)
     features = (x.shape[-1],)
-    centred = x - jnp.mean(x, axis=-1, keepdims=True)
-    variance = jnp.mean(centred * centred, axis=-1, keepdims=True)
-    y = centred * jax.lax.rsqrt(variance + self.epsilon)
+    if self.use_mean:
+      x = x - jnp.mean(x, axis=-1, keepdims=True)
+    variance = jnp.mean(x * x, axis=-1, keepdims=True)
+    y = x * jax.lax.rsqrt(variance + self.epsilon)
     scale = self.param("scale", nn.with_logical_partitioning(
         nn.initializers.ones, ("embed",)), features)
     y = linear.multiply(y, scale)
@@ -62,7 +68,11 @@ class LayerNorm(nn.Module):
 
 
 def layer_norm(config: ModelConfig, name=None):
-  return LayerNorm(use_bias=config.use_bias, name=name)
+  """The model's norm: scale-only RMS ("rms"), or LayerNorm ("layer", with a
+  bias when use_bias)."""
+  layer = config.norm == "layer"
+  return LayerNorm(use_bias=layer and config.use_bias, use_mean=layer,
+                   name=name)
 
 
 @functools.partial(jax.checkpoint, static_argnums=(0,))
@@ -79,25 +89,39 @@ def _activation(name, h):
 
 
 class Mlp(nn.Module):
+  """Two products with the activation between: returns (hidden, output).
+
+  The gates of the state's cells are computed from the hidden layer (meliad's
+  `y_hidden`). `in_axes` input axes are contracted (3 for the state's
+  attention output, (2, H, k)); `final_tanh` bounds the output (the single
+  cell, which writes it straight onto the state)."""
   config: ModelConfig
+  in_axes: int = 1
+  final_tanh: bool = False
 
   @nn.compact
-  def __call__(self, x, deterministic: bool):
+  def __call__(self, x):
     cfg = self.config
-    h = dense(cfg.mlp_size, ("embed", "mlp"), dtype=cfg.compute_dtype,
-              use_bias=cfg.use_bias, name="wi")(x)
+    names = ((None, "heads", "kv") if self.in_axes == 3 else ("embed",))
+    axis = tuple(range(-self.in_axes, 0))
+    h = dense(cfg.mlp_size, names + ("mlp",), axis=axis,
+              dtype=cfg.compute_dtype, use_bias=cfg.use_bias, name="wi")(x)
     h = _activation(cfg.mlp_activation, h)
-    h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
-    return dense(cfg.d_model, ("mlp", "embed"), dtype=cfg.compute_dtype,
-                 use_bias=cfg.use_bias, name="wo")(h)
+    y = dense(cfg.d_model, ("mlp", "embed"), dtype=cfg.compute_dtype,
+              use_bias=cfg.use_bias, name="wo")(h)
+    if self.final_tanh:
+      y = jnp.tanh(y.astype(jnp.float32))
+    return h, y
 
 
 class FixedGate(nn.Module):
-  """s' = s * g + z * (1 - g) with g = sigmoid(b), one learned bias per channel."""
+  """s' = s * g + z * (1 - g) with g = sigmoid(b), one learned bias per channel
+  (meliad's "bias" gate; `hidden` is not read)."""
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, state, update):
+  def __call__(self, state, hidden, update):
+    del hidden
     cfg = self.config
     init = lambda key, shape, dtype=jnp.float32: (
         cfg.fixed_gate_bias_init
@@ -109,29 +133,41 @@ class FixedGate(nn.Module):
 
 
 class LstmGate(nn.Module):
-  """s' = s * f + z * i with z = tanh(W_z h + b_z), i = sigmoid(W_i h + b_i - 1),
-  f = sigmoid(W_f h + b_f + 1): the -1/+1 offsets start the cell remembering."""
+  """s' = s * f + z * i (meliad's "lstm" gate): z is the cell's output itself,
+  i = sigmoid(W_i h + b_i - 1) and f = sigmoid(W_f h + b_f + 1) from the
+  hidden input h of the product that made z. Kernels start small (variance
+  scale 0.1) and biases at N(0, 0.1), so the -1/+1 offsets start the cell
+  remembering."""
   config: ModelConfig
+  in_axes: int = 1
 
   @nn.compact
-  def __call__(self, state, h):
+  def __call__(self, state, hidden, update):
     cfg = self.config
-    # One (d, 3, d) kernel: z, input and forget projections in one matmul.
-    proj = dense((3, cfg.d_model), ("embed", None, "embed_out"),
-                 dtype=jnp.float32, name="proj")(h.astype(jnp.float32))
-    z = jnp.tanh(proj[..., 0, :])
-    i = jax.nn.sigmoid(proj[..., 1, :] - 1.0)
-    f = jax.nn.sigmoid(proj[..., 2, :] + 1.0)
-    return state * f + z * i
+    names = ((None, "heads", "kv") if self.in_axes == 3 else ("mlp",))
+    # One kernel, (hidden..., 2, d): the input and forget gates in one matmul.
+    gates = dense((2, cfg.d_model), names + (None, "embed"),
+                  axis=tuple(range(-self.in_axes, 0)), dtype=jnp.float32,
+                  kernel_scale=0.1, bias_init=nn.initializers.normal(0.1),
+                  name="proj")(hidden.astype(jnp.float32))
+    i = jax.nn.sigmoid(gates[..., 0, :] - 1.0)
+    f = jax.nn.sigmoid(gates[..., 1, :] + 1.0)
+    return state * f + update.astype(jnp.float32) * i
 
 
-def make_gate(config: ModelConfig) -> nn.Module:
-  return (FixedGate if config.gate == "fixed" else LstmGate)(config)
+def make_gate(config: ModelConfig, in_axes: int = 1) -> nn.Module:
+  """The gate of the config; `in_axes`: the axes of the hidden input it is
+  computed from (the LSTM gate's kernel contracts them)."""
+  if config.gate == "fixed":
+    return FixedGate(config)
+  return LstmGate(config, in_axes=in_axes)
 
 
 class RelativePositionBias(nn.Module):
   """T5 relative-position bias for the (W, C + 2W) window: a learned scalar
-  per head and distance bucket. Computed once per segment, outside the scan."""
+  per head and distance bucket, drawn from N(0, 1 / buckets) as meliad's
+  table (flax's default embedding initialiser over its (H, buckets) layout).
+  Computed once per segment, outside the scan."""
   config: ModelConfig
 
   @nn.compact
@@ -142,7 +178,8 @@ class RelativePositionBias(nn.Module):
     cfg = self.config
     table = self.param(
         "table", nn.with_logical_partitioning(
-            nn.initializers.normal(0.02), (None, "heads")),
+            nn.initializers.normal(cfg.num_position_buckets ** -0.5),
+            (None, "heads")),
         (cfg.num_position_buckets, cfg.num_heads))
     distances = (memory_tokens.window_distances(cfg) if cfg.memory_tokens
                  else attention.window_distances(cfg.block_width,
@@ -158,15 +195,20 @@ class RelativePositionBias(nn.Module):
 class TransformerLayer(nn.Module):
   """One layer of the stack, over the tokens of one block.
 
-  kind "plain": self-attention over [previous block, causal prefix] + MLP.
+  kind "plain": self-attention over the window + MLP.
   kind "feedback": as plain, plus cross-attention from the tokens to a
-    recurrent state it only reads.
+    recurrent state another layer writes, through that layer's state
+    keys/values (`read_state` of the writer).
   kind "recurrent": the block-recurrent cell. The tokens read the state as in
     "feedback"; once the block is complete, the state reads itself and the
     block's tokens with the same keys/values but its own queries, and is
-    updated through a gate.
+    updated through its cell (`ModelConfig.gate_variant`).
   kind "writer": a recurrent cell whose state another (earlier) layer reads
     (read_recurrent_layers): it updates the state, its tokens do not read it.
+
+  Every layer is pre-norm with residuals (meliad's TransformerBase): norm,
+  dropout, queries/keys/values; attention; one projection of all attention
+  outputs, added; norm, MLP, dropout, added.
 
   With compressed memories, the keys before the cache are the layer's
   compressed memory, and `push_compressed` compresses the block leaving the
@@ -206,33 +248,39 @@ class TransformerLayer(nn.Module):
     self.ln_mlp = layer_norm(cfg)
     self.mlp = Mlp(cfg)
     self.dropout = nn.Dropout(cfg.dropout_rate)
+    self.attention_dropout = nn.Dropout(cfg.attention_dropout_rate)
     self.scale_self = self._attention_scale("scale_self")
-    if self.kind != "plain":  # Every reader and writer projects the state.
-      self.ln_state = layer_norm(cfg)
-      self.kv_state = dense((2, cfg.num_kv_heads, cfg.head_size), kv_heads,
-                            dtype=dt, use_bias=False)
     if reads_state:
       self.scale_read = self._attention_scale("scale_read")
     if cfg.compressed_mem_factor and cfg.compression == "conv":
       self.compressor = compressed_memory.Compressor(cfg)
     if self.writes_state:
-      # State IDs: a learned position per state vector, so that the state
-      # vectors (which have no order) can specialise.
+      # The state's keys/values, which its readers share. State IDs: a
+      # learned position per state vector, so that the state vectors (which
+      # have no order) can specialise.
+      self.ln_state = layer_norm(cfg)
+      self.kv_state = dense((2, cfg.num_kv_heads, cfg.head_size), kv_heads,
+                            dtype=dt, use_bias=False)
       self.state_ids = self.param(
           "state_ids", nn.with_logical_partitioning(
               nn.initializers.normal(1.0), ("states", "embed")),
           (cfg.num_states, cfg.d_model))
       self.q_state = dense((2, cfg.num_heads, cfg.head_size), heads, dtype=dt,
                            use_bias=False)
-      self.out_state = dense(cfg.d_model, out, axis=(-3, -2, -1), dtype=dt,
-                             use_bias=cfg.use_bias)
       self.scale_state_self = self._attention_scale("scale_state_self")
       self.scale_state_tokens = self._attention_scale("scale_state_tokens")
-      self.gate = make_gate(cfg)
-      if cfg.gate_variant != "skip":
+      if cfg.gate_variant == "single":
+        # The attention output (2, H, k) feeds the MLP; one gate from its
+        # hidden layer.
+        self.mlp_state = Mlp(cfg, in_axes=3, final_tanh=True)
+        self.gate = make_gate(cfg)
+      else:
+        self.out_state = dense(cfg.d_model, out, axis=(-3, -2, -1), dtype=dt,
+                               use_bias=cfg.use_bias)
+        self.gate = make_gate(cfg, in_axes=3)
+      if cfg.gate_variant == "dual":
         self.ln_mlp_state = layer_norm(cfg)
         self.mlp_state = Mlp(cfg)
-      if cfg.gate_variant == "dual":
         self.gate_mlp = make_gate(cfg)
 
   def _attention_scale(self, name):
@@ -240,17 +288,24 @@ class TransformerLayer(nn.Module):
     if not cfg.qk_norm:
       return cfg.head_size ** -0.5
     # Normalised q and k give logits in [-1, 1]; a learned per-head scale
-    # (initialised to sqrt(k), the plain path's typical logit range) sets the
-    # temperature.
+    # sets the temperature.
     return self.param(name, nn.with_logical_partitioning(
-        nn.initializers.constant(cfg.head_size ** 0.5), ("heads",)),
+        nn.initializers.constant(cfg.qk_scale_init), ("heads",)),
         (cfg.num_heads,))
 
-  def _attend(self, q, k, v, scale, **kw):
-    if self.config.qk_norm:
+  def _attend(self, q, k, v, scale, deterministic=True, dropout=False, **kw):
+    """`attention.attend` with this layer's normalisation and kernel;
+    `dropout`: drop attention weights (the token self-attention)."""
+    cfg = self.config
+    impl, drop = cfg.attention_impl, None
+    if dropout and cfg.attention_dropout_rate and not deterministic:
+      # jax.nn.dot_product_attention has no dropout: this takes the einsum.
+      impl = "einsum"
+      drop = lambda w: self.attention_dropout(w, deterministic=False)
+    if cfg.qk_norm:
       q, k = attention.l2_normalize(q), attention.l2_normalize(k)
-    return attention.attend(q, k, v, scale=scale,
-                            impl=self.config.attention_impl, **kw)
+    return attention.attend(q, k, v, scale=scale, impl=impl,
+                            bias_scaled=cfg.qk_norm, dropout=drop, **kw)
 
   def push_compressed(self, memory: dict[str, Array], leaving: dict[str, Array],
                       prefix_visible: Array) -> dict[str, Array]:
@@ -271,18 +326,19 @@ class TransformerLayer(nn.Module):
         prefix_visible[:, slots]) for name in ("k", "v")}
 
   def read_state(self, state: Array):
-    """Normalised state and its keys/values, shared by every reader of it."""
-    hs = self.ln_state(state)
-    if self.writes_state:
-      hs = hs + self.state_ids
+    """The state's normalised vectors (with state IDs) and keys/values: what
+    the state's own queries and every reader of it attend to (a writer's
+    method; readers are handed its result)."""
+    hs = self.ln_state(state) + self.state_ids
     hs = hs.astype(self.config.compute_dtype)
     kv = self.kv_state(hs)
     return {"h": hs, "k": kv[:, :, 0], "v": kv[:, :, 1]}
 
-  def project(self, x: Array) -> tuple[Array, Array]:
+  def project(self, x: Array, deterministic: bool) -> tuple[Array, Array]:
     """Queries (B, T, 1 or 2, H, k) and keys/values (B, T, 2, G, k) of T
-    tokens."""
+    tokens: norm, dropout, products."""
     h = self.ln_tokens(x).astype(self.config.compute_dtype)
+    h = self.dropout(h, deterministic=deterministic)
     return self.q_tokens(h), self.kv_tokens(h)
 
   def tokens(self, x: Array, window_kv: dict[str, Array] | None,
@@ -306,8 +362,8 @@ class TransformerLayer(nn.Module):
         then what comes before each row's first block, and the keys before
         every later block are the block before's own (P = W).
       prev_visible: (B, P) bool, False where a key before the block must be
-        ignored (first block of a document, or of a segment in "Slide";
-        compressed slots not filled yet).
+        ignored (with empty_cache="masked": first block of a document, or of
+        a segment in "Slide"; compressed slots not filled yet).
       window: block-invariant constants: "mask" (W, P + W), "bias"
         (H, T, P + W) for these T query rows or None, "sin"/"cos" rotary
         tables for the window's key positions or None.
@@ -322,7 +378,7 @@ class TransformerLayer(nn.Module):
     dt = cfg.compute_dtype
     batch, length = x.shape[:2]
     w = cfg.block_width
-    q, kv = self.project(x) if projected is None else projected
+    q, kv = self.project(x, deterministic) if projected is None else projected
     # Keys before this block's: the previous block (W), or none for RMT
     # without the XL cache (prev is then zero-width).
     if window_kv is None:
@@ -354,22 +410,27 @@ class TransformerLayer(nn.Module):
         axis=1)
     mask = rows(window["mask"], 0)[None] & visible[:, None, :]  # (B, T, keys)
     bias = window["bias"]  # Already for these query rows (see `_window`).
-    outs = [self._attend(q_self, k_win, v_win, self.scale_self, bias=bias,
-                         mask=mask[:, None])]
+    outs = [self._attend(q_self, k_win, v_win, self.scale_self, deterministic,
+                         dropout=True, bias=bias, mask=mask[:, None])]
     if state_kv is not None:
       outs.append(self._attend(q[:, :, 1], state_kv["k"], state_kv["v"],
                                self.scale_read))
-    y = self.out_tokens(jnp.stack(outs, axis=2))
-    x = x + self.dropout(y, deterministic=deterministic)
-    y = self.mlp(self.ln_mlp(x).astype(dt), deterministic)
+    x = x + self.out_tokens(jnp.stack(outs, axis=2))
+    _, y = self.mlp(self.ln_mlp(x).astype(dt))
     x = x + self.dropout(y, deterministic=deterministic)
     return x, new
 
   def update_state(self, state: Array, state_kv: dict[str, Array],
-                   block: dict[str, Array], deterministic: bool,
+                   block: dict[str, Array],
                    prev: dict[str, Array] | None = None,
                    prev_visible: Array | None = None) -> Array:
     """The horizontal direction: the state after reading a completed block.
+
+    No dropout here (meliad runs its state update without). The cells
+    (meliad's recurrent TransformerBase): the state's two attentions
+    (itself; the block) make `a` (S, 2, H, k); "skip": s' = gate(s, a, P a);
+    "dual": t = gate(s, a, P a), then s' = gate2(t, h, MLP(norm(t))) with h
+    the MLP's hidden layer; "single": s' = gate(s, h, tanh(MLP(a))).
 
     Args:
       state: (B, S, d) float32, the state the block's tokens read.
@@ -388,37 +449,35 @@ class TransformerLayer(nn.Module):
                                       axis=1) for n in ("k", "v"))
       mask = jnp.concatenate(  # (B, 1, 1, 2W): no keys before a document.
           [prev_visible, jnp.ones_like(prev_visible)], axis=1)[:, None, None]
-    outs = [self._attend(q[:, :, 0], state_kv["k"], state_kv["v"],
-                         self.scale_state_self),
-            self._attend(q[:, :, 1], keys, values, self.scale_state_tokens,
-                         mask=mask)]
-    z = self.out_state(jnp.stack(outs, axis=2))
-    z = self.dropout(z, deterministic=deterministic)
-    new_state = self.gate(state, z)
-    if cfg.gate_variant != "skip":
-      m = self.mlp_state(self.ln_mlp_state(new_state).astype(dt), deterministic)
-      m = self.dropout(m, deterministic=deterministic)
-      if cfg.gate_variant == "single":
-        new_state = new_state + m.astype(jnp.float32)
-      else:  # "dual"
-        new_state = self.gate_mlp(new_state, m)
+    attended = jnp.stack(
+        [self._attend(q[:, :, 0], state_kv["k"], state_kv["v"],
+                      self.scale_state_self),
+         self._attend(q[:, :, 1], keys, values, self.scale_state_tokens,
+                      mask=mask)], axis=2)
+    if cfg.gate_variant == "single":
+      hidden, z = self.mlp_state(attended)
+      return self.gate(state, hidden, z)
+    new_state = self.gate(state, attended, self.out_state(attended))
+    if cfg.gate_variant == "dual":
+      hidden, m = self.mlp_state(self.ln_mlp_state(new_state).astype(dt))
+      new_state = self.gate_mlp(new_state, hidden, m)
     return new_state
 
-  def __call__(self, x, prev, prev_visible, window, state, deterministic,
-               compressed=None):
+  def __call__(self, x, prev, prev_visible, window, state, state_kv,
+               deterministic, compressed=None):
     """A whole block (training).
 
     Args:
       prev: {"k", "v"}: (B, W, G, k), the previous block's keys/values.
       prev_visible: (B, C + W) bool, see `tokens`.
-      state: the state this layer reads or writes (already reset in rows
-        that start a document), or None for plain layers.
+      state: the state this layer writes (already reset in rows that start a
+        document), or None.
+      state_kv: `read_state` of the state this layer reads or writes, or None.
       compressed: {"k", "v"}: (B, C, G, k), the compressed memory, or None.
     Returns:
       (x, this block's keys/values, new state or None, new compressed memory
       or None).
     """
-    state_kv = None if state is None else self.read_state(state)
     before = prev
     if compressed is not None:
       before = {n: jnp.concatenate([compressed[n], prev[n]], axis=1)
@@ -431,8 +490,8 @@ class TransformerLayer(nn.Module):
       new_compressed = self.push_compressed(compressed, prev, prev_visible)
     new_state = None
     if self.writes_state:
-      new_state = self.update_state(state, state_kv, block, deterministic,
-                                    prev, prev_visible[:, -prev["k"].shape[1]:])
+      new_state = self.update_state(state, state_kv, block, prev,
+                                    prev_visible[:, -prev["k"].shape[1]:])
     return x, block, new_state, new_compressed
 
 

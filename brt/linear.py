@@ -261,6 +261,7 @@ class Dense(nn.Module):
   dtype: jnp.dtype = jnp.float32
   use_bias: bool = True
   bias_init: Callable = nn.initializers.zeros
+  kernel_scale: float = 1.0  # variance_scaling's scale; 1 is lecun_normal.
 
   @nn.compact
   def __call__(self, x):
@@ -269,9 +270,11 @@ class Dense(nn.Module):
 
     def kernel_init(rng, shape, dtype=jnp.float32):
       # Initialised as a (fan_in, fan_out) matrix, as DenseGeneral does, so
-      # that lecun_normal sees the true fan-in.
+      # that the initialiser sees the true fan-in.
       flat = (math.prod(fan_in), math.prod(features))
-      return nn.initializers.lecun_normal()(rng, flat, dtype).reshape(shape)
+      init = nn.initializers.variance_scaling(
+          self.kernel_scale, "fan_in", "truncated_normal")
+      return init(rng, flat, dtype).reshape(shape)
 
     kernel = self.param(
         "kernel", nn.with_logical_partitioning(kernel_init, tuple(self.names)),

@@ -59,10 +59,21 @@ def _layout(cfg: ModelConfig):
 
 
 def window_mask(cfg: ModelConfig) -> np.ndarray:
-  """(W + 2M, P + W + 2M) bool: causal in the order of the layout above."""
+  """(W + 2M, P + W + 2M) bool: causal in the order of the layout above;
+  with window="sliding" a token sees, of the text, exactly the W tokens
+  before it (the memory as before)."""
   p, positions = _layout(cfg)
   rows = len(positions) - p
-  return np.arange(len(positions))[None, :] <= (np.arange(rows) + p)[:, None]
+  mask = np.arange(len(positions))[None, :] <= (np.arange(rows) + p)[:, None]
+  if cfg.window == "sliding":
+    w, m = cfg.block_width, cfg.memory_tokens
+    text = np.zeros(len(positions), bool)
+    text[:p] = True
+    text[p + m:p + m + w] = True  # The previous block and this block.
+    q, k = positions[p:, None], positions[None, :]
+    in_reach = (k < q) & (k >= q - w)
+    mask &= ~(text[p:, None] & text[None, :]) | in_reach
+  return mask
 
 
 def window_positions(cfg: ModelConfig) -> np.ndarray:

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from brt import attention, compressed_memory, memory_tokens
+from brt import attention, compressed_memory, linear, memory_tokens
 from brt.config import ModelConfig
 from brt.layers import RelativePositionBias, TransformerLayer, dense, layer_norm
 
@@ -95,25 +95,28 @@ class BlockStep(nn.Module):
             for layer, initial, state in zip(
                 self.config.recurrent_layers, self.initial_states, states)}
 
-  def _state_of(self, i, states):
-    """The state layer i writes, else the one its tokens read, else None.
-
-    Always a state carried in from the previous block: a layer reading a
-    later layer's state never sees the current block's tokens through it.
-    """
-    if i in states:
-      return states[i]
-    source = self.config.state_read_by(i)
-    return None if source is None else states[source]
-
   def _prefix_visible(self, cache_visible, compressed_valid):
-    """(B, C + W): which keys before the block each row may see."""
+    """(B, C + W): which keys before the block each row may see. With
+    empty_cache="zeros" all of them: the keys that hold nothing are zeros
+    (`_empty_to_zeros`)."""
     w = self.config.block_width
     visible = jnp.broadcast_to(cache_visible[:, None],
                                (cache_visible.shape[0], w))
-    if compressed_valid is None:
-      return visible
-    return jnp.concatenate([compressed_valid, visible], axis=1)
+    if compressed_valid is not None:
+      visible = jnp.concatenate([compressed_valid, visible], axis=1)
+    if self.config.empty_cache == "zeros":
+      return jnp.ones_like(visible)
+    return visible
+
+  def _reads(self, states) -> dict[int, dict[str, Array]]:
+    """Each recurrent layer's state keys/values, which the state's own
+    queries and every layer reading it attend to."""
+    return {i: self._layer(i).read_state(s) for i, s in states.items()}
+
+  def _read_by(self, i, reads):
+    """The state keys/values layer i's tokens read (or writes from), or None."""
+    source = i if i in reads else self.config.state_read_by(i)
+    return None if source is None else reads[source]
 
   def __call__(self, carry: Carry, inputs, window, deterministic: bool):
     cfg = self.config
@@ -125,8 +128,16 @@ class BlockStep(nn.Module):
     if compressed is not None:
       # The compressed memory is reset with the cache.
       compressed_valid = compressed["valid"] & cache_visible[:, None]
+      compressed = dict(compressed, memory=tuple(
+          _empty_to_zeros(cfg, m, compressed_valid)
+          for m in compressed["memory"]))
+      if cfg.empty_cache == "zeros":
+        compressed_valid = jnp.ones_like(compressed_valid)
+    caches = tuple(_empty_to_zeros(cfg, c, cache_visible)
+                   for c in carry["cache"])
     prefix_visible = self._prefix_visible(cache_visible, compressed_valid)
     states = self._start_states(carry["state"], ~carry["valid"] | reset_state)
+    reads = self._reads(states)
     new_states = dict(states)
     new_cache, new_memory = [], []
     rmt = self.memory if cfg.memory_tokens else None
@@ -136,11 +147,11 @@ class BlockStep(nn.Module):
       # The keys before the block: the previous block's, or none.
       prefix_visible = prefix_visible[:, :memory_tokens.num_cached(cfg)]
     for i in range(cfg.num_layers):
-      prev = carry["cache"][i]
+      prev = caches[i]
       prev = rmt.cached(prev) if rmt is not None else prev
       x, kv, new_state, memory = self._layer(i)(
-          x, prev, prefix_visible, _layer_window(window, i),
-          self._state_of(i, states), deterministic,
+          x, prev, prefix_visible, _layer_window(window, i), states.get(i),
+          self._read_by(i, reads), deterministic,
           None if compressed is None else compressed["memory"][i])
       new_cache.append(rmt.tokens_kv(kv) if rmt is not None else kv)
       new_memory.append(memory)
@@ -154,8 +165,8 @@ class BlockStep(nn.Module):
     if compressed is not None:
       new_carry["compressed"] = {
           "memory": tuple(new_memory),
-          "valid": compressed_memory.push_visible(compressed_valid,
-                                                  cache_visible, cfg)}
+          "valid": compressed_memory.push_visible(
+              compressed_valid, prefix_visible[:, -1], cfg)}
     if rmt is not None:
       x, new_carry["memory"] = rmt.unwrap(x)
     return new_carry, x
@@ -185,9 +196,11 @@ class BlockStep(nn.Module):
     fold = lambda a: a.reshape(batch * num_blocks, *a.shape[2:])
     unfold = lambda a: a.reshape(batch, num_blocks, *a.shape[1:])
     # Only a row's first block can lose the keys before it.
+    first_visible = carry["valid"] & ~reset_cache
+    cache = tuple(_empty_to_zeros(cfg, c, first_visible) for c in carry["cache"])
     cache_visible = jnp.concatenate(
-        [(carry["valid"] & ~reset_cache)[:, None],
-         jnp.ones((batch, num_blocks - 1), bool)], axis=1)
+        [first_visible[:, None], jnp.ones((batch, num_blocks - 1), bool)],
+        axis=1)
     prefix_visible = self._prefix_visible(fold(cache_visible), None)
     states = self._start_states(carry["state"], ~carry["valid"] | reset_state)
     x = fold(x)
@@ -195,19 +208,18 @@ class BlockStep(nn.Module):
     for i in range(cfg.num_layers):
       layer, state_kv, projected = self._layer(i), None, None
       if i in states:
-        projected = layer.project(x)
+        projected = layer.project(x, deterministic)
         kv = projected[1]
         blocks = {n: jnp.swapaxes(unfold(kv[:, :, j]), 0, 1)
                   for j, n in enumerate("kv")}  # (n, B, W, G, k)
         prev = None
         if cfg.state_reads_previous_block:  # Each block's predecessor.
-          prev = ({n: jnp.concatenate([carry["cache"][i][n][None].astype(
+          prev = ({n: jnp.concatenate([cache[i][n][None].astype(
               b.dtype), b[:-1]]) for n, b in blocks.items()},
                   jnp.swapaxes(unfold(prefix_visible), 0, 1))
-        new_states[i], reads = _scan_states(layer, states[i], blocks, prev,
-                                            deterministic)
+        new_states[i], reads = _scan_states(layer, states[i], blocks, prev)
         state_kv = {n: fold(jnp.swapaxes(r, 0, 1)) for n, r in reads.items()}
-      x, kv = layer.tokens(x, None, carry["cache"][i], prefix_visible, 0,
+      x, kv = layer.tokens(x, None, cache[i], prefix_visible, 0,
                            _layer_window(window, i), state_kv, deterministic,
                            projected)
       new_cache.append({n: unfold(v)[:, -1] for n, v in kv.items()})
@@ -224,23 +236,24 @@ class BlockStep(nn.Module):
     keys/values, which stay fixed for the whole block."""
     cfg = self.config
     states = self._start_states(dec["state"], ~dec["valid"])
-    reads = tuple(
-        None if (s := self._state_of(i, states)) is None
-        else self._layer(i).read_state(s) for i in range(cfg.num_layers))
+    reads = self._reads(states)
     return dict(dec, state=tuple(states[i] for i in cfg.recurrent_layers),
-                reads=reads, offset=jnp.zeros((), jnp.int32))
+                reads=tuple(reads[i] for i in cfg.recurrent_layers),
+                offset=jnp.zeros((), jnp.int32))
 
   def decode(self, x, dec: Carry, window):
     """T tokens' activations (B, T, d) at dec["offset"] of the current block."""
     windows = []
+    cfg = self.config
     prefix_visible = self._prefix_visible(dec["valid"],
                                           dec.get("compressed_valid"))
-    for i in range(self.config.num_layers):
+    reads = dict(zip(cfg.recurrent_layers, dec["reads"]))
+    for i in range(cfg.num_layers):
       layer = self._layer(i)
       x, kv = layer.tokens(
           x, dec["window"][i], None, prefix_visible, dec["offset"],
           _layer_window(window, i),
-          dec["reads"][i] if layer.tokens_read_state else None,
+          self._read_by(i, reads) if layer.tokens_read_state else None,
           deterministic=True)
       windows.append(kv)
     offset = dec["offset"] + x.shape[1]
@@ -254,10 +267,11 @@ class BlockStep(nn.Module):
     block = [{k: v[:, -w:] for k, v in kv.items()} for kv in dec["window"]]
     states = tuple(
         self._layer(i).update_state(
-            s, dec["reads"][i], block[i], deterministic=True,
+            s, reads, block[i],
             prev={k: v[:, slots:slots + w] for k, v in dec["window"][i].items()},
             prev_visible=self._prefix_visible(dec["valid"], None))
-        for i, s in zip(cfg.recurrent_layers, dec["state"]))
+        for i, s, reads in zip(cfg.recurrent_layers, dec["state"],
+                               dec["reads"]))
     memory = [None] * cfg.num_layers
     if slots:
       # The previous block leaves the window: compress it into the memory.
@@ -268,7 +282,7 @@ class BlockStep(nn.Module):
           {k: v[:, slots:slots + w] for k, v in kv.items()}, prefix_visible)
                 for i, kv in enumerate(dec["window"])]
       dec = dict(dec, compressed_valid=compressed_memory.push_visible(
-          dec["compressed_valid"], dec["valid"], cfg))
+          prefix_visible[:, :slots], prefix_visible[:, -1], cfg))
     dec = dict(dec, window=tuple(_window_after(kv, m)
                                  for kv, m in zip(block, memory)),
                state=states, valid=jnp.ones_like(dec["valid"]))
@@ -276,7 +290,7 @@ class BlockStep(nn.Module):
 
 
 def _scan_states(layer: TransformerLayer, state: Array,
-                 blocks: dict[str, Array], prev, deterministic: bool):
+                 blocks: dict[str, Array], prev):
   """A recurrent layer's state over n blocks' keys/values (n, B, W, G, k):
   the final state, and the state keys/values (n, B, S, G, k) each block's
   tokens read (the state carried into it). `prev`: None, or each block's
@@ -284,13 +298,26 @@ def _scan_states(layer: TransformerLayer, state: Array,
   def body(layer, state, inputs):
     block, before = inputs
     state_kv = layer.read_state(state)
-    new_state = layer.update_state(state, state_kv, block, deterministic,
+    new_state = layer.update_state(state, state_kv, block,
                                    *(before or (None, None)))
     return new_state, {"k": state_kv["k"], "v": state_kv["v"]}
 
   scan = nn.scan(body, variable_broadcast="params",
-                 split_rngs={"params": False, "dropout": True})
+                 split_rngs={"params": False})
   return scan(layer, state, (blocks, prev))
+
+
+def _empty_to_zeros(cfg: ModelConfig, kv: dict[str, Array],
+                    visible: Array) -> dict[str, Array]:
+  """With empty_cache="zeros", keys/values before a block that hold nothing
+  (visible (B,) per row, or (B, C) per slot, False) become zeros, which the
+  block then attends to (`_prefix_visible`); unchanged with "masked"."""
+  if cfg.empty_cache != "zeros":
+    return kv
+  def zero(x):
+    v = visible.reshape(visible.shape + (1,) * (x.ndim - visible.ndim))
+    return jnp.where(v, x, jnp.zeros_like(x))
+  return {name: zero(x) for name, x in kv.items()}
 
 
 def _window_after(prev: dict[str, Array],
@@ -340,7 +367,7 @@ class BlockRecurrentTransformer(nn.Module):
         cfg.vocab_size, cfg.d_model,
         embedding_init=nn.with_logical_partitioning(
             nn.initializers.normal(1.0), ("vocab", "embed")))
-    self.embed_dropout = nn.Dropout(cfg.dropout_rate)
+    self.final_dropout = nn.Dropout(cfg.dropout_rate)
     self.blocks = BlockStep(cfg)
     if cfg.position == "t5":
       for i in range(cfg.num_layers):
@@ -374,7 +401,6 @@ class BlockRecurrentTransformer(nn.Module):
     _check_carry(carry, cfg, batch)
 
     x = self._embed(tokens)
-    x = self.embed_dropout(x, deterministic=deterministic)
     x = x.reshape(batch, num_blocks, cfg.block_width, cfg.d_model)
 
     # Resets happen only at the first block of the segment.
@@ -388,7 +414,8 @@ class BlockRecurrentTransformer(nn.Module):
     if cfg.runs_layer_major:
       carry, y = self.blocks.segment(carry, x, drop_cache, drop_state,
                                      self._window(), deterministic)
-      return self._logits(y.reshape(batch, length, cfg.d_model)), carry
+      return self._logits(y.reshape(batch, length, cfg.d_model),
+                          deterministic), carry
 
     # Block-major: (n, B, W, d), the scan's leading axis.
     x = jnp.swapaxes(x, 0, 1)
@@ -410,7 +437,7 @@ class BlockRecurrentTransformer(nn.Module):
                     (x, reset_cache, reset_state, detach_memory),
                     self._window())
     y = jnp.swapaxes(y, 0, 1).reshape(batch, length, cfg.d_model)
-    return self._logits(y), carry
+    return self._logits(y, deterministic), carry
 
   # -- incremental decoding (driven by brt/sampling.py) -----------------------
   def start_decoding(self, carry: Carry) -> Carry:
@@ -421,14 +448,16 @@ class BlockRecurrentTransformer(nn.Module):
     "valid" of the carry, the position in the block ("offset") and the
     states' keys/values ("reads").
     """
-    check_decodable(self.config)
-    memory = [None] * self.config.num_layers
+    cfg = self.config
+    check_decodable(cfg)
+    memory = [None] * cfg.num_layers
     dec = {"state": carry["state"], "valid": carry["valid"]}
     if "compressed" in carry:
-      memory = carry["compressed"]["memory"]
       dec["compressed_valid"] = carry["compressed"]["valid"]
-    dec["window"] = tuple(_window_after(kv, m)
-                          for kv, m in zip(carry["cache"], memory))
+      memory = [_empty_to_zeros(cfg, m, dec["compressed_valid"])
+                for m in carry["compressed"]["memory"]]
+    cache = [_empty_to_zeros(cfg, kv, carry["valid"]) for kv in carry["cache"]]
+    dec["window"] = tuple(_window_after(kv, m) for kv, m in zip(cache, memory))
     return self.blocks.begin_block(dec)
 
   def decode(self, tokens, dec: Carry):
@@ -449,10 +478,18 @@ class BlockRecurrentTransformer(nn.Module):
   def _embed(self, tokens):
     return self.embed(tokens).astype(self.config.compute_dtype)
 
-  def _logits(self, y):
-    y = self.ln_final(y).astype(self.config.compute_dtype)
-    logits = self.embed.attend(y) if self.config.tie_embeddings else self.unembed(y)
-    return logits.astype(jnp.float32)
+  def _logits(self, y, deterministic=True):
+    """Final norm, dropout, and the output layer: with tie_embeddings the
+    embedding's transpose, over sqrt(vocab_size) as meliad scales it (its
+    N(0, 1) embedding would otherwise give logits of size sqrt(d))."""
+    cfg = self.config
+    y = self.ln_final(y).astype(cfg.compute_dtype)
+    y = self.final_dropout(y, deterministic=deterministic)
+    if not cfg.tie_embeddings:
+      return self.unembed(y).astype(jnp.float32)
+    logits = linear.einsum("btd,vd->btv", y, self.embed.embedding,
+                           cfg.compute_dtype, out_dtype=jnp.float32)
+    return logits * (cfg.vocab_size ** -0.5)
 
   def _window(self, offset=0, length=None) -> dict[str, Any]:
     """Block-invariant attention inputs, built once per call, not per block.
@@ -466,7 +503,7 @@ class BlockRecurrentTransformer(nn.Module):
       mask = memory_tokens.window_mask(cfg)
       positions = memory_tokens.window_positions(cfg)
     else:
-      mask = attention.window_mask(w, *compressed)
+      mask = attention.window_mask(w, *compressed, window=cfg.window)
       positions = attention.key_positions(w, *compressed)
     window = {"mask": jnp.asarray(mask), "bias": None, "sin": None,
               "cos": None}

@@ -67,9 +67,19 @@ PORT = "block-recurrent-transformer-pytorch==0.4.4"
 
 CONFIG = dict(vocab=256, layers=6, d_model=512, heads=8, head_dim=64,
               block=128, states=128, recurrent_layer=4, segment=1024)
-# brt's options that take the port's architecture (see the docstring).
+# brt's options that take the port's architecture (see the docstring): the
+# block window, masked empty cache, LayerNorm, GELU and an untied output
+# layer of brt's classic model, without biases, with one key/value head and
+# rotary positions.
+# (brt.config.CLASSIC is read where brt is imported: the port's side runs
+# where only torch is installed.)
 MATCHED = dict(multi_query=True, use_bias=False, position="rotary")
 BRT_MODELS = {"matched": MATCHED, "default": {}}
+
+
+def brt_options(name: str) -> dict:
+  from brt.config import CLASSIC
+  return dict(CLASSIC, **MATCHED) if name == "matched" else {}
 
 
 def ensure_port_venv() -> str:
@@ -251,7 +261,7 @@ def main():
   # One after the other, never at once: each gets every core.
   port = json.loads(subprocess.run(child, check=True, capture_output=True,
                                    text=True).stdout.split("RESULT")[-1])
-  sides = {f"brt {name}": brt_side(args, BRT_MODELS[name])
+  sides = {f"brt {name}": brt_side(args, brt_options(name))
            for name in args.brt_models}
   sides["port"] = port
   for side in sides.values():
@@ -280,7 +290,7 @@ def main():
   with open(out, "w") as f:
     json.dump({"config": CONFIG, "new_tokens": args.new_tokens,
                "train_dtype": args.dtype,
-               "brt_options": {n: BRT_MODELS[n] for n in args.brt_models},
+               "brt_options": {n: brt_options(n) for n in args.brt_models},
                **{name.replace(" ", "_"): side
                   for name, side in sides.items()}}, f, indent=2)
   print(f"wrote {out}")

@@ -1,5 +1,6 @@
 """No token sees the future; without recurrence, nothing is seen too far back."""
 
+import numpy as np
 import pytest
 
 from conftest import (VARIANTS, changed_positions, init_model, random_tokens,
@@ -21,8 +22,25 @@ def test_no_logit_before_a_changed_token_changes(name):
 
 
 @pytest.mark.parametrize("num_layers", [1, 2])
-def test_reach_without_recurrence_is_bounded_by_the_window(num_layers):
+def test_sliding_reach_is_exactly_the_window_per_layer(num_layers):
+  """meliad's window: each token attends to exactly the W tokens before it,
+  so with one layer the logit at t depends on tokens t - W .. t and on no
+  other; each further layer reaches W further back."""
   cfg = tiny_config(num_layers=num_layers)
+  assert cfg.window == "sliding"
+  model, variables = init_model(cfg)
+  w = cfg.block_width
+  tokens = random_tokens(9, 1, 8 * w)
+  for position in (0, 1, w - 1, 3 * w + 2):
+    changed = changed_positions(model, variables, tokens, position, piece=2 * w)
+    expected = np.zeros(8 * w, bool)
+    expected[position:position + num_layers * w + 1] = True
+    np.testing.assert_array_equal(changed, expected, err_msg=f"t={position}")
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_block_window_reach_is_bounded_by_the_blocks(num_layers):
+  cfg = tiny_config(num_layers=num_layers, window="blocks")
   model, variables = init_model(cfg)
   w = cfg.block_width
   tokens = random_tokens(9, 1, 8 * w)

@@ -56,9 +56,10 @@ def test_reset_row_equals_fresh_carry():
   assert "compressed" in reset_carry
 
 
+@pytest.mark.parametrize("window", ["sliding", "blocks"])
 @pytest.mark.parametrize("compressed", [False, True])
-def test_reach_extends_through_the_compressed_memory(compressed):
-  overrides = dict(num_layers=1)
+def test_reach_extends_through_the_compressed_memory(compressed, window):
+  overrides = dict(num_layers=1, window=window)
   if compressed:
     overrides.update(compressed_mem_factor=2, compressed_mem_slots=4)
   cfg = tiny_config(**overrides)
@@ -66,11 +67,15 @@ def test_reach_extends_through_the_compressed_memory(compressed):
   w = cfg.block_width
   tokens = random_tokens(9, 1, 8 * w)
   changed = changed_positions(model, variables, tokens, 0, piece=2 * w)
-  # Block 0 is cached for block 1; compressed, it is read by blocks 2 and 3
-  # (4 slots = two compressed blocks) and pushed out before block 4.
-  reach = (4 if compressed else 2) * w
-  assert changed[:reach].all()
-  assert not changed[reach:].any()
+  # Token 0 is seen by the W tokens after it ("sliding"), or by all of block 1
+  # through the cache ("blocks"); compressed when block 0 leaves the cache, it
+  # is read by blocks 2 and 3 (4 slots = two compressed blocks) and pushed
+  # out before block 4.
+  expected = np.zeros(8 * w, bool)
+  expected[:(w + 1 if window == "sliding" else 2 * w)] = True
+  if compressed:
+    expected[2 * w:4 * w] = True
+  np.testing.assert_array_equal(changed, expected)
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
@@ -120,7 +125,8 @@ def test_slot_positions_and_distances():
                                 [-6, -4, -2, 0, 1, 2, 3, 4, 5, 6, 7])
   d = attention.window_distances(4, 3, 2)
   np.testing.assert_array_equal(d[0, :4], [10, 8, 6, 4])  # query at 4
-  assert attention.window_mask(4, 3, 2)[:, :3].all()
+  for window in ("sliding", "blocks"):
+    assert attention.window_mask(4, 3, 2, window)[:, :3].all()
 
 
 def test_bad_compression_configs_name_the_fix():

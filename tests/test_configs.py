@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from brt import configurables
-from brt.config import ModelConfig
+from brt.config import CLASSIC, ModelConfig
 from brt.optim import OptimizerConfig
 from brt.trainer import TrainConfig
 
@@ -56,6 +56,11 @@ def test_paper_size_is_the_papers_model():
           model.block_width, model.num_states) == (12, 1024, 8, 4096, 512, 512)
   assert model.recurrent_layers == (9,)  # The 10th of 12.
   assert train.segment_length == 4096 and opt.name == "adafactor"
+  # meliad's base_htrans.gin: the architecture is ModelConfig's defaults.
+  assert (model.dropout_rate, model.attention_dropout_rate) == (0.05, 0.05)
+  defaults = ModelConfig()
+  for name in CLASSIC:
+    assert getattr(model, name) == getattr(defaults, name), name
   # The paper's optimizer: relative steps with momentum, 1/sqrt(step).
   assert opt.adafactor_parameter_scale and opt.adafactor_momentum == 0.9
   assert opt.grad_clip_norm is None and opt.warmup_steps == 1000
@@ -137,8 +142,8 @@ def test_paper_experiments_are_the_150m_and_1_3b_models(corpus):
     gin.clear_config()
     model, train, opt = build([f"experiments/{corpus}_{tag}.gin"])
     model.check_segment_length(train.segment_length)
-    # Third from the top at both sizes.
-    assert model.recurrent_layers == (model.num_layers - 3,)
+    # meliad: third from the top of 12; at 10 and 20 of 24 (tall_24L.gin).
+    assert model.recurrent_layers == {"150m": (9,), "1_3b": (9, 19)}[tag]
     assert model.vocab_size == 32000 and opt.name == "adafactor"
     sizes[tag] = count_params(model)
   assert 120e6 < sizes["150m"] < 250e6, sizes
@@ -168,3 +173,19 @@ def test_memory_experiment_wins_over_its_variants_and_tasks():
         assert model.memory_tokens == 0
       if variant.startswith(("rec", "feedback")):
         assert model.recurrent_layers == (1,)
+
+
+def test_paper_1b_is_meliads_tall_model():
+  model, train, _ = build(["sizes/paper_1b.gin", "variants/rec_fixed_skip.gin"])
+  assert (model.num_layers, model.d_model, model.num_heads, model.head_size,
+          model.mlp_size) == (24, 2048, 16, 128, 8192)
+  assert model.recurrent_layers == (9, 19)  # recurrent/tall_24L.gin
+  assert train.segment_length == 4096 and model.block_width == 512
+
+
+def test_classic_option_file_holds_the_classic_settings():
+  model, _, _ = build(["sizes/tiny.gin", "variants/rec_fixed_skip.gin",
+                       "options/brt_classic.gin"])
+  for name, value in CLASSIC.items():
+    assert getattr(model, name) == value, name
+  assert all(getattr(ModelConfig(), n) != v for n, v in CLASSIC.items())

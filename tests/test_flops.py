@@ -14,6 +14,9 @@ from brt import flops
     dict(recurrent_layers=(1,)),
     dict(recurrent_layers=(1,), gate="lstm", gate_variant="dual", feedback=True),
     dict(recurrent_layers=(0,), multi_query=True, gate_variant="single"),
+    dict(recurrent_layers=(1,), gate="lstm", gate_variant="single"),
+    dict(recurrent_layers=(1,), gate="lstm", gate_variant="skip",
+         tie_embeddings=False, use_bias=True, norm="layer", qk_norm=False),
     # Compressed memories (conv: the compressor's matmuls count) and a
     # recurrent layer whose state an earlier layer reads.
     dict(compressed_mem_factor=4, recurrent_layers=(1,),
@@ -32,7 +35,7 @@ def test_matmul_flops_match_xla_cost_analysis(overrides):
 
 def test_reading_the_previous_block_adds_the_flops_xla_counts():
   # Too small a share of the whole for the 3% band above to notice.
-  off = _config(recurrent_layers=(1,))
+  off = _config(recurrent_layers=(1,), state_reads_previous_block=False)
   on = _config(recurrent_layers=(1,), state_reads_previous_block=True)
   ours = flops.forward_flops_per_block(on) - flops.forward_flops_per_block(off)
   assert ours > 0

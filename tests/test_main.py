@@ -24,7 +24,7 @@ include 'variants/rec_lstm_dual.gin'
 BLOCK_WIDTH = 8
 BLOCK_WIDTH_4X = 32
 NUM_STATES = 3
-RECURRENT_LAYER = 1
+RECURRENT_LAYERS = [1]
 ModelConfig.num_layers = 2
 ModelConfig.d_model = 32
 ModelConfig.num_heads = 4

@@ -23,11 +23,20 @@ def test_t5_buckets_known_values():
       attention.relative_position_buckets(d, 32, 128), expected)
 
 
-def test_window_mask_sees_previous_block_and_causal_prefix():
-  mask = attention.window_mask(4)
+def test_block_window_mask_sees_previous_block_and_causal_prefix():
+  mask = attention.window_mask(4, window="blocks")
   # Query i sees W + i + 1 keys: the whole previous block and itself.
   np.testing.assert_array_equal(mask.sum(axis=1), [5, 6, 7, 8])
   assert mask[0, :5].all() and not mask[0, 5:].any()
+
+
+def test_sliding_window_mask_sees_exactly_the_w_keys_before():
+  mask = attention.window_mask(4)
+  # Query i sits at position 4 + i and sees keys i .. 3 + i: not itself.
+  expected = np.zeros((4, 8), bool)
+  for i in range(4):
+    expected[i, i:i + 4] = True
+  np.testing.assert_array_equal(mask, expected)
 
 
 def test_rotary_logits_depend_only_on_relative_position():
@@ -160,7 +169,8 @@ def test_bias_free_model_is_the_biased_model_with_zero_biases():
   """use_bias=False drops exactly the biases of the products and layer norms
   (the gates keep theirs), and computes what the biased model computes when
   those biases are zero."""
-  cfg = tiny_config(recurrent_layers=(1,), gate="lstm", gate_variant="dual")
+  cfg = tiny_config(recurrent_layers=(1,), gate="lstm", gate_variant="dual",
+                    use_bias=True, norm="layer", tie_embeddings=False)
   model, variables = init_model(cfg)
   free = brt.BlockRecurrentTransformer(dataclasses.replace(cfg, use_bias=False))
   _, free_shapes = init_model(free.config)
@@ -190,11 +200,11 @@ def test_mlp_recomputes_its_activation_instead_of_storing_it(dtype):
   activation's input, and its output for wo's weight gradient), not the
   intermediates of GELU's formula; the gradients are those of the plain
   formula."""
-  cfg = tiny_config(dtype=dtype)
+  cfg = tiny_config(dtype=dtype, mlp_activation="gelu", use_bias=True)
   mlp = layers.Mlp(cfg)
   x = jnp.asarray(np.random.RandomState(6).randn(3, cfg.d_model), jnp.float32)
-  params = nn.meta.unbox(mlp.init(jax.random.PRNGKey(0), x, True))
-  _, vjp = jax.vjp(lambda p, x: mlp.apply(p, x, True), params, x)
+  params = nn.meta.unbox(mlp.init(jax.random.PRNGKey(0), x))
+  _, vjp = jax.vjp(lambda p, x: mlp.apply(p, x)[1], params, x)
   hidden = [r for r in jax.tree_util.tree_leaves(vjp)
             if r.shape == (3, cfg.mlp_size)]
   assert len(hidden) == 2, [r.shape for r in jax.tree_util.tree_leaves(vjp)]
@@ -204,18 +214,28 @@ def test_mlp_recomputes_its_activation_instead_of_storing_it(dtype):
       h = jax.nn.gelu(x @ p["wi"]["kernel"] + p["wi"]["bias"])
       return h @ p["wo"]["kernel"] + p["wo"]["bias"]
     loss = lambda f: lambda p, x: jnp.sum(jnp.sin(f(p, x)))
-    got = jax.grad(loss(lambda p, x: mlp.apply(p, x, True)), (0, 1))(params, x)
+    got = jax.grad(loss(lambda p, x: mlp.apply(p, x)[1]), (0, 1))(params, x)
     want = jax.grad(loss(plain), (0, 1))(params, x)
     for a, b in zip(jax_leaves(got), jax_leaves(want)):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_tied_embeddings_share_the_table():
+def test_tied_embeddings_are_the_table_over_sqrt_vocab():
+  """meliad's output layer: the embedding's transpose, logits / sqrt(V); the
+  same as an output layer holding exactly that."""
   cfg = tiny_config(tie_embeddings=True)
   model, variables = init_model(cfg)
   assert "unembed" not in variables["params"]
-  logits, _ = apply(model, variables, random_tokens(3, 2, 8), model.initial_carry(2))
+  untied = brt.BlockRecurrentTransformer(
+      dataclasses.replace(cfg, tie_embeddings=False))
+  table = variables["params"]["embed"]["embedding"]
+  params = dict(variables["params"],
+                unembed={"kernel": table.T / np.sqrt(cfg.vocab_size)})
+  tokens = random_tokens(3, 2, 8)
+  logits, _ = apply(model, variables, tokens, model.initial_carry(2))
+  want, _ = apply(untied, {"params": params}, tokens, untied.initial_carry(2))
   assert logits.shape == (2, 8, cfg.vocab_size)
+  np.testing.assert_allclose(logits, want, rtol=1e-5, atol=1e-5)
 
 
 def _state_update(cfg, variables, state, block, prev=None, prev_visible=None):
@@ -224,7 +244,7 @@ def _state_update(cfg, variables, state, block, prev=None, prev_visible=None):
   params = {"params": variables["params"]["blocks"]["layer_1"]}
 
   def update(module):
-    return module.update_state(state, module.read_state(state), block, True,
+    return module.update_state(state, module.read_state(state), block,
                                prev, prev_visible)
 
   return layer.apply(params, method=update)
@@ -257,7 +277,3 @@ def test_state_reads_previous_block_as_more_keys_and_only_where_visible():
   assert np.abs(np.asarray(mixed[0] - alone[0])).max() > 1e-3
   np.testing.assert_allclose(mixed[1], alone[1], atol=1e-6, rtol=0)
 
-
-def test_state_reads_previous_block_needs_a_recurrent_layer():
-  with pytest.raises(ValueError, match="recurrent_layers"):
-    tiny_config(state_reads_previous_block=True)

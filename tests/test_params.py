@@ -26,33 +26,37 @@ def count(tree):
   return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))
 
 
-@pytest.mark.parametrize("gate,variant", [("fixed", "skip"), ("lstm", "dual"),
-                                          ("fixed", "single")])
+@pytest.mark.parametrize("gate,variant", [
+    ("fixed", "skip"), ("lstm", "skip"), ("fixed", "dual"), ("lstm", "dual"),
+    ("fixed", "single"), ("lstm", "single")])
 @pytest.mark.parametrize("feedback", [False, True])
 def test_parameter_count_by_hand(gate, variant, feedback):
+  """meliad's layout: scale-only norms, no biases, a tied embedding, readers
+  sharing the writer's state keys/values, and its cells and gates."""
   v, d, h, k, m, s, buckets = 29, 32, 4, 8, 48, 3, 32
   cfg = tiny_config(num_layers=3, recurrent_layers=(1,), gate=gate,
                     gate_variant=variant, feedback=feedback)
   shapes = jax.eval_shape(brt.BlockRecurrentTransformer(cfg).init,
                           jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32),
                           brt.initial_carry(cfg, 1))
-  ln = 2 * d
-  mlp = d * m + m + m * d + d
-  plain = ln + d * h * k + d * 2 * h * k + h * k * d + d + ln + mlp
-  reads_state = ln + d * h * k + h * k * d + d * 2 * h * k  # 2nd query, kv_state
-  gate_params = d if gate == "fixed" else d * 3 * d + 3 * d
-  recurrent = (plain + reads_state + s * d      # + state IDs
-               + d * 2 * h * k + 2 * h * k * d + d  # state queries, out_state
-               + gate_params)
-  if variant != "skip":
-    recurrent += ln + mlp
+  norm, mlp, attended = d, d * m + m * d, 2 * h * k
+  plain = (norm + d * h * k + d * 2 * h * k + h * k * d + h  # + its scale
+           + norm + mlp)
+  reads_state = d * h * k + h * k * d + h  # 2nd query, wider out, scale
+  gate_params = lambda fan_in: d if gate == "fixed" else fan_in * 2 * d + 2 * d
+  writer = (norm + d * 2 * h * k + s * d   # state norm, keys/values, IDs
+            + d * 2 * h * k + 2 * h)       # state queries and their scales
+  if variant == "single":
+    writer += attended * m + m * d + gate_params(m)
+  else:
+    writer += attended * d + gate_params(attended)
   if variant == "dual":
-    recurrent += gate_params
+    writer += norm + mlp + gate_params(m)
   other = plain + reads_state if feedback else plain
-  expected = (v * d + d * v + v + ln      # embed, unembed, final norm
+  expected = (v * d + norm                # tied embedding, final norm
               + 3 * buckets * h           # relative-position tables
               + s * d                     # learned initial state
-              + recurrent + 2 * other)
+              + plain + reads_state + writer + 2 * other)
   assert count(shapes) == expected
 
 
@@ -61,41 +65,64 @@ def test_fixed_gate_formula():
   rng = np.random.RandomState(0)
   b, s, z = rng.randn(32), rng.randn(2, 3, 32), rng.randn(2, 3, 32)
   out = layers.FixedGate(cfg).apply({"params": {"bias": jnp.asarray(b)}},
-                                    jnp.asarray(s), jnp.asarray(z))
+                                    jnp.asarray(s), None, jnp.asarray(z))
   g = 1 / (1 + np.exp(-b))
   np.testing.assert_allclose(out, s * g + z * (1 - g), rtol=1e-5, atol=1e-6)
 
 
 def test_lstm_gate_formula():
+  """meliad's LSTM gate: the update z is the cell's output as it is; the
+  input and forget gates are products of the hidden input h."""
   cfg = tiny_config()
   rng = np.random.RandomState(1)
-  w, bias = 0.2 * rng.randn(32, 3, 32), rng.randn(3, 32)
-  s, h = rng.randn(2, 3, 32), rng.randn(2, 3, 32)
+  w, bias = 0.2 * rng.randn(48, 2, 32), rng.randn(2, 32)
+  s, h, z = rng.randn(2, 3, 32), rng.randn(2, 3, 48), rng.randn(2, 3, 32)
   out = layers.LstmGate(cfg).apply(
       {"params": {"proj": {"kernel": jnp.asarray(w), "bias": jnp.asarray(bias)}}},
-      jnp.asarray(s), jnp.asarray(h))
+      jnp.asarray(s), jnp.asarray(h), jnp.asarray(z))
   sig = lambda x: 1 / (1 + np.exp(-x))
-  z = np.tanh(h @ w[:, 0] + bias[0])
-  i = sig(h @ w[:, 1] + bias[1] - 1)
-  f = sig(h @ w[:, 2] + bias[2] + 1)
+  i = sig(h @ w[:, 0] + bias[0] - 1)
+  f = sig(h @ w[:, 1] + bias[1] + 1)
   np.testing.assert_allclose(out, s * f + z * i, rtol=1e-4, atol=1e-5)
 
 
-def test_initialisers_follow_the_config():
+def test_fixed_gate_keeps_half_the_state_at_initialisation():
+  """meliad's fixed gate starts at sigmoid(N(0, 0.1)): about half of the old
+  state is kept, per channel; brt's old start, 2, kept 0.88."""
+  cfg = tiny_config(recurrent_layers=(1,), d_model=256, num_heads=4)
+  _, variables = real_init(cfg)
+  g = 1 / (1 + np.exp(-np.asarray(
+      variables["params"]["blocks"]["layer_1"]["gate"]["bias"])))
+  assert g.shape == (256,)
+  assert abs(g.mean() - 0.5) < 0.01 and 0.01 < g.std() < 0.04
+  _, variables = real_init(dataclasses.replace(
+      cfg, fixed_gate_bias_init=2.0, fixed_gate_bias_std=0.0))
+  np.testing.assert_array_equal(
+      variables["params"]["blocks"]["layer_1"]["gate"]["bias"], 2.0)
+
+
+def test_initialisers_follow_meliad():
   cfg = tiny_config(recurrent_layers=(1,), num_states=64, d_model=64,
-                    fixed_gate_bias_init=1.5, state_init_std=0.1)
+                    gate="lstm", gate_variant="dual")
   _, variables = real_init(cfg)
   params = variables["params"]
   initial = np.asarray(params["blocks"]["initial_state_1"])
   assert initial.shape == (64, 64)
   assert abs(initial.std() - 0.1) < 0.01 and abs(initial.mean()) < 0.01
-  np.testing.assert_array_equal(params["blocks"]["layer_1"]["gate"]["bias"], 1.5)
-  # meliad's gate: N(0, 0.1) per channel.
-  _, variables = real_init(dataclasses.replace(
-      cfg, d_model=256, fixed_gate_bias_init=0.0, fixed_gate_bias_std=0.1))
-  bias = np.asarray(variables["params"]["blocks"]["layer_1"]["gate"]["bias"])
-  assert bias.shape == (256,)
-  assert abs(bias.std() - 0.1) < 0.015 and abs(bias.mean()) < 0.02
+  cell = params["blocks"]["layer_1"]
+  # LSTM gates: kernels at variance 0.1 / fan-in, biases N(0, 0.1).
+  for name, fan_in in (("gate", 2 * 64), ("gate_mlp", cfg.mlp_size)):
+    kernel = np.asarray(cell[name]["proj"]["kernel"])
+    assert abs(kernel.std() / np.sqrt(0.1 / fan_in) - 1) < 0.05, name
+    assert abs(np.asarray(cell[name]["proj"]["bias"]).std() - 0.1) < 0.02
+  # Other kernels at variance 1 / fan-in; scales of normalised keys from 1.
+  kernel = np.asarray(cell["out_tokens"]["kernel"])
+  assert abs(kernel.std() * np.sqrt(2 * 64) - 1) < 0.05
+  np.testing.assert_array_equal(cell["scale_self"], 1.0)
+  # meliad's T5 table: N(0, 1 / buckets); the embedding N(0, 1).
+  table = np.asarray(params["relpos_0"]["table"])
+  assert abs(table.std() * np.sqrt(32) - 1) < 0.2
+  assert abs(np.asarray(params["embed"]["embedding"]).std() - 1) < 0.05
 
 
 @pytest.mark.parametrize("name", ["rec_fixed_skip", "rec_lstm_dual",

@@ -22,7 +22,10 @@ def test_layer_kinds_and_parameters():
   _, variables = init_model(cfg)
   blocks = variables["params"]["blocks"]
   assert "scale_read" not in blocks["layer_2"]  # The writer reads nothing.
-  assert "state_ids" in blocks["layer_2"] and "kv_state" in blocks["layer_0"]
+  assert "state_ids" in blocks["layer_2"] and "kv_state" in blocks["layer_2"]
+  # The reader attends to the writer's state keys/values, with no
+  # projections of its own.
+  assert "kv_state" not in blocks["layer_0"] and "ln_state" not in blocks["layer_0"]
   # One query per token in the writer, two (self + state) in the reader.
   assert blocks["layer_2"]["q_tokens"]["kernel"].shape[1] == 1
   assert blocks["layer_0"]["q_tokens"]["kernel"].shape[1] == 2
