@@ -17,7 +17,7 @@ from typing import Any, Optional
 import jax
 import orbax.checkpoint as ocp
 
-from brt.config import ModelConfig
+from brt.config import CLASSIC, ModelConfig
 
 # Settings that may change between a checkpoint and the run that resumes it:
 # they change how the model is run, not what its parameters or carry are.
@@ -89,9 +89,12 @@ class Checkpointer:
 
 def check_compatible(saved: dict, config: ModelConfig, where: str) -> None:
   current = dataclasses.asdict(config)
-  # A field the checkpoint does not name was added since it was written, as
-  # an option that is off by default: the checkpoint's model had the default.
+  # A field the checkpoint does not name was added since it was written: the
+  # checkpoint's model had the default of that time -- brt's classic model's
+  # for the fields that came with following meliad, else the field's default
+  # (an option that is off by default).
   defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+  defaults.update(CLASSIC)
   saved = {k: saved.get(k, defaults[k]) for k in current}
   differ = {k: (saved[k], v) for k, v in current.items()
             if k not in RUNTIME_ONLY_FIELDS and _norm(saved[k]) != _norm(v)}

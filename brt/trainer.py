@@ -231,7 +231,9 @@ class Trainer:
       return self.init_state()
     state, data_state, step = self.checkpointer.restore(
         self.abstract_state(), self.model_config)
-    if train_batches is not None:
+    if train_batches is not None and data_state:
+      # (A checkpoint written outside training -- converted weights, see
+      # brt/meliad.py -- has no data position: the data starts afresh.)
       train_batches.set_state(data_state)
     self._print(f"Restored step {step} from {self.checkpointer.directory}")
     return state

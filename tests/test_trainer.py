@@ -143,3 +143,21 @@ def test_checkpoints_from_before_an_option_existed_stay_compatible():
   with pytest.raises(IncompatibleCheckpointError, match="compressed_mem_factor"):
     check_compatible(saved, dataclasses.replace(cfg, compressed_mem_factor=2),
                      "here")
+
+
+def test_checkpoints_from_before_meliad_parity_had_the_classic_model():
+  """A checkpoint without the window, empty_cache and norm fields was
+  written by brt's classic model: it resumes with options/brt_classic.gin
+  and is refused, with the differences named, by the paper's model."""
+  import dataclasses
+  from brt.checkpoints import check_compatible
+  from brt.config import CLASSIC
+  classic = tiny_config(**CLASSIC)
+  saved = dataclasses.asdict(classic)
+  for new_field in ("window", "empty_cache", "norm"):
+    del saved[new_field]
+  check_compatible(saved, classic, "here")
+  with pytest.raises(IncompatibleCheckpointError,
+                     match="window: checkpoint 'blocks', this run 'sliding'"):
+    check_compatible(saved, dataclasses.replace(classic, window="sliding"),
+                     "here")
