@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import brt
+from brt.config import CLASSIC
 
 # Deterministic float32 matmuls on every backend, so equalities are tight.
 jax.config.update("jax_default_matmul_precision", "highest")
@@ -18,16 +19,25 @@ VARIANTS = {
     "xl": dict(),
     **{f"rec_{g}_{v}": dict(recurrent_layers=(1,), gate=g, gate_variant=v)
        for g in ("fixed", "lstm") for v in ("skip", "single", "dual")},
-    # meliad's state update: the state also reads the block before.
-    "rec_fixed_skip_reads_prev": dict(recurrent_layers=(1,),
-                                      state_reads_previous_block=True),
+    # The paper's state update reads the block before as well; this one
+    # only the completed block.
+    "rec_fixed_skip_reads_block_only": dict(recurrent_layers=(1,),
+                                            state_reads_previous_block=False),
+    # Keys before a document masked instead of zeros: a document's first
+    # token sees no key at all.
+    "rec_lstm_single_masked_start": dict(recurrent_layers=(1,), gate="lstm",
+                                         gate_variant="single",
+                                         empty_cache="masked"),
+    # brt's classic model (the block window, LayerNorm, GELU, biases, ...).
+    "rec_fixed_dual_classic": dict(recurrent_layers=(1,), gate_variant="dual",
+                                   **CLASSIC),
     "feedback_fixed": dict(recurrent_layers=(1,), feedback=True),
     "feedback_lstm_dual": dict(recurrent_layers=(1,), feedback=True,
                                gate="lstm", gate_variant="dual"),
     # The PyTorch port's choices (bench_pytorch_port.py) and then some.
-    "two_rec_rotary_mqa_qknorm_nobias": dict(
+    "two_rec_rotary_mqa_plain_keys": dict(
         recurrent_layers=(0, 1), position="rotary", multi_query=True,
-        qk_norm=True, use_bias=False),
+        qk_norm=False),
 }
 
 

@@ -8,7 +8,7 @@ from conftest import (VARIANTS, changed_positions, init_model, random_tokens,
 
 
 @pytest.mark.parametrize("name", ["xl", "rec_lstm_dual", "feedback_fixed",
-                                  "two_rec_rotary_mqa_qknorm_nobias"])
+                                  "two_rec_rotary_mqa_plain_keys"])
 def test_no_logit_before_a_changed_token_changes(name):
   cfg = tiny_config(**VARIANTS[name])
   model, variables = init_model(cfg)

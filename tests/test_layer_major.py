@@ -16,8 +16,8 @@ from conftest import VARIANTS, init_model, random_tokens, tiny_config
 LAYER_MAJOR_VARIANTS = {
     **{name: VARIANTS[name] for name in (
         "xl", "rec_fixed_skip", "rec_fixed_single", "rec_lstm_dual",
-        "rec_fixed_skip_reads_prev",
-        "two_rec_rotary_mqa_qknorm_nobias")},
+        "rec_fixed_skip_reads_block_only", "rec_lstm_single_masked_start",
+        "rec_fixed_dual_classic", "two_rec_rotary_mqa_plain_keys")},
     "slide_rec": dict(recurrent_layers=(1,), cache_across_segments=False),
 }
 

@@ -12,10 +12,11 @@ from conftest import (VARIANTS, init_model, random_tokens,
                       teacher_forced_logits, tiny_config)
 
 
-@pytest.mark.parametrize("name", ["xl", "rec_fixed_skip", "rec_lstm_dual",
-                                  "rec_fixed_single", "feedback_lstm_dual",
-                                  "rec_fixed_skip_reads_prev",
-                                  "two_rec_rotary_mqa_qknorm_nobias"])
+@pytest.mark.parametrize("name", [
+    "xl", "rec_fixed_skip", "rec_lstm_dual", "rec_fixed_single",
+    "feedback_lstm_dual", "rec_fixed_skip_reads_block_only",
+    "rec_lstm_single_masked_start", "rec_fixed_dual_classic",
+    "two_rec_rotary_mqa_plain_keys"])
 def test_decoder_logits_equal_the_forward_pass(name):
   cfg = tiny_config(**VARIANTS[name])
   model, variables = init_model(cfg)
