@@ -88,6 +88,12 @@ def _activation(name, h):
   return _ACTIVATIONS[name](h.astype(jnp.float32)).astype(h.dtype)
 
 
+def _hidden_axes(in_axes: int, name: str) -> tuple:
+  """Logical names of a hidden input's axes: the state's attention output
+  (2, H, k) when it has 3, else one axis called `name`."""
+  return (None, "heads", "kv") if in_axes == 3 else (name,)
+
+
 class Mlp(nn.Module):
   """Two products with the activation between: returns (hidden, output).
 
@@ -102,7 +108,7 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x):
     cfg = self.config
-    names = ((None, "heads", "kv") if self.in_axes == 3 else ("embed",))
+    names = _hidden_axes(self.in_axes, "embed")
     axis = tuple(range(-self.in_axes, 0))
     h = dense(cfg.mlp_size, names + ("mlp",), axis=axis,
               dtype=cfg.compute_dtype, use_bias=cfg.use_bias, name="wi")(x)
@@ -144,7 +150,7 @@ class LstmGate(nn.Module):
   @nn.compact
   def __call__(self, state, hidden, update):
     cfg = self.config
-    names = ((None, "heads", "kv") if self.in_axes == 3 else ("mlp",))
+    names = _hidden_axes(self.in_axes, "mlp")
     # One kernel, (hidden..., 2, d): the input and forget gates in one matmul.
     gates = dense((2, cfg.d_model), names + (None, "embed"),
                   axis=tuple(range(-self.in_axes, 0)), dtype=jnp.float32,

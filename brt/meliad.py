@@ -183,7 +183,6 @@ def _find_include(filename: str, search_paths) -> str:
 class MeliadRun:
   """What a meliad configuration says beyond the model: its segments."""
   sequence_length: int
-  batch_size: int
 
 
 def model_config(bindings: Bindings) -> tuple[ModelConfig, MeliadRun]:
@@ -339,7 +338,7 @@ def model_config(bindings: Bindings) -> tuple[ModelConfig, MeliadRun]:
       fixed_gate_bias_init=0.0, fixed_gate_bias_std=0.1, state_init_std=0.1,
       dtype=_DTYPES[str(dtype)])
   cfg.check_segment_length(sequence_length)
-  return cfg, MeliadRun(sequence_length, int(task("batch_size")))
+  return cfg, MeliadRun(sequence_length)
 
 
 # --- parameters -------------------------------------------------------------
