@@ -105,7 +105,8 @@ def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
 def attend(query: jax.Array, key: jax.Array, value: jax.Array, *,
            scale: jax.Array | float, bias: jax.Array | None = None,
            mask: jax.Array | None = None, impl: str = "einsum",
-           bias_scaled: bool = False, dropout=None) -> jax.Array:
+           bias_scaled: bool = False, dropout=None, products: str = "plain",
+           fallback: bool = False) -> jax.Array:
   """Multi-head (or multi-query) dot-product attention.
 
   Args:
@@ -115,19 +116,29 @@ def attend(query: jax.Array, key: jax.Array, value: jax.Array, *,
     bias: added to the logits, broadcastable to (B, H, Q, K).
     mask: bool, True where a key is visible, broadcastable to (B, H, Q, K).
       A query that sees no key reads nothing (a zero output).
-    impl: "einsum" (below, the reference) or "dot_product_attention".
+    impl: "einsum" (below, the reference), or "xla" / "cudnn":
+      jax.nn.dot_product_attention with that implementation.
     bias_scaled: the logits are (q.k + bias) * scale (meliad, with normalised
       queries/keys) rather than q.k * scale + bias.
     dropout: None, or a function applied to the attention weights (einsum
       only).
+    products: ExecutionConfig.products, for the einsum's products.
+    fallback: where jax refuses `impl` for these shapes or dtypes (it checks
+      when tracing), take the einsum instead of raising
+      (ExecutionConfig.attention="auto").
   Returns:
     (B, Q, H, k) in the value's dtype.
   """
-  if impl == "dot_product_attention":
+  if impl != "einsum" and query.shape[1] > 1:
     if dropout is not None:
       raise ValueError("attention dropout needs impl='einsum'.")
-    return _dot_product_attention(query, key, value, scale=scale, bias=bias,
-                                  mask=mask, bias_scaled=bias_scaled)
+    try:
+      return _dot_product_attention(query, key, value, scale=scale, bias=bias,
+                                    mask=mask, bias_scaled=bias_scaled,
+                                    implementation=impl)
+    except (ValueError, NotImplementedError, RuntimeError):
+      if not fallback:
+        raise
   b, q_len, heads, k_size = query.shape
   groups = key.shape[2]
   per_group = heads // groups
@@ -169,21 +180,23 @@ def attend(query: jax.Array, key: jax.Array, value: jax.Array, *,
   # come first: XLA:CPU (jaxlib 0.10) has no kernel for the bf16 x bf16 ->
   # f32 product "bqhd,bhqk->bkhd" that the other order's backward pass takes
   # (tests/test_linear.py runs every spec brt uses).
-  logits = linear.einsum(qk, key, query, query.dtype, out_dtype=jnp.float32)
+  logits = linear.einsum(qk, key, query, query.dtype, out_dtype=jnp.float32,
+                         products=products)
   scale = jnp.asarray(scale, jnp.float32)
   if scale.ndim:
     scale = logits_shaped(scale[:, None, None])[0]  # Per head.
   weights = _softmax(logits, scale,
                      None if bias is None else logits_shaped(bias),
                      None if mask is None else logits_shaped(mask),
-                     bias_scaled)
+                     bias_scaled, products)
   if dropout is not None:
     weights = dropout(weights)
-  out = linear.einsum(pv, weights.astype(value.dtype), value, value.dtype)
+  out = linear.einsum(pv, weights.astype(value.dtype), value, value.dtype,
+                      products=products)
   return out.reshape(b, q_len, heads, k_size)
 
 
-def _softmax(logits, scale, bias, mask, bias_scaled=False):
+def _softmax(logits, scale, bias, mask, bias_scaled=False, products="plain"):
   """The attention weights, float32: scale, add the bias, hide masked keys;
   each broadcastable to the logits. A row with no visible key gets zero
   weights (the softmax of a row of equal masked logits would spread over
@@ -191,10 +204,10 @@ def _softmax(logits, scale, bias, mask, bias_scaled=False):
   if bias is not None:
     bias = jnp.asarray(bias, jnp.float32)
     if bias_scaled:
-      logits = linear.add_bias(logits, bias)
+      logits = linear.add_bias(logits, bias, products)
   logits = logits * scale
   if bias is not None and not bias_scaled:
-    logits = linear.add_bias(logits, bias)
+    logits = linear.add_bias(logits, bias, products)
   if mask is None:
     return jax.nn.softmax(logits, axis=-1)
   weights = jax.nn.softmax(jnp.where(mask, logits, _MASKED), axis=-1)
@@ -224,14 +237,13 @@ def _attend_one_query(query, key, value, scale, bias, mask, bias_scaled):
 
 
 def _dot_product_attention(query, key, value, *, scale, bias, mask,
-                           bias_scaled=False):
+                           bias_scaled=False, implementation="xla"):
   """`attend` through jax.nn.dot_product_attention.
 
   That function takes grouped key/value heads itself (query head n uses
   key/value head n // (H / G), as `attend` does), one scalar scale, and 4-D
-  bias and mask broadcastable to (B, H, Q, K). `implementation=None` lets jax
-  pick the kernel (XLA's on CPU); the cuDNN flash kernel needs
-  implementation="cudnn" in jax 0.10, 16-bit inputs and a GPU.
+  bias and mask broadcastable to (B, H, Q, K). `implementation`: "xla", or
+  "cudnn" (the fused flash kernel: a GPU and 16-bit inputs).
   """
   def as_4d(x):
     x = jnp.asarray(x)
@@ -254,7 +266,7 @@ def _dot_product_attention(query, key, value, *, scale, bias, mask,
       query, key.astype(dtype), value.astype(dtype),
       bias=None if bias is None else as_4d(bias).astype(jnp.float32),
       mask=None if mask is None else as_4d(mask),
-      scale=scale, implementation=None)
+      scale=scale, implementation=implementation)
   if mask is not None:
     # A query that sees no key reads nothing, as in `attend`.
     seen = jnp.any(jnp.broadcast_to(as_4d(mask), (

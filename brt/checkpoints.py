@@ -21,8 +21,7 @@ from brt.config import CLASSIC, ModelConfig
 
 # Settings that may change between a checkpoint and the run that resumes it:
 # they change how the model is run, not what its parameters or carry are.
-RUNTIME_ONLY_FIELDS = ("dropout_rate", "attention_dropout_rate", "remat",
-                       "attention_impl")
+RUNTIME_ONLY_FIELDS = ("dropout_rate", "attention_dropout_rate")
 
 
 class IncompatibleCheckpointError(ValueError):

@@ -3,7 +3,9 @@
 Following flax's lm1b example, a single config object avoids threading dozens
 of keyword arguments through the layers. Every variant in the paper
 (XL, Slide, Rec:gate:variant, Feedback) is a setting of this dataclass, and
-all of them run through the same code path.
+all of them run through the same code path. How the model is computed (the
+product and attention kernels, remat, the layer order) is not part of it:
+brt.execution.ExecutionConfig.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ ACTIVATIONS = ("gelu", "relu", "swish")
 WINDOWS = ("sliding", "blocks")
 EMPTY_CACHES = ("zeros", "masked")
 NORMS = ("rms", "layer")
-ATTENTION_IMPLS = ("einsum", "dot_product_attention")
 COMPRESSIONS = ("conv", "mean")
 
 # brt's model before it followed meliad, as far as options reach it (its
@@ -131,11 +132,6 @@ class ModelConfig:
   # scaled by 1/sqrt(head_dim), the bias added to those logits.
   qk_norm: bool = True
   qk_scale_init: float = 1.0
-  # Attention kernel: "einsum" (the plain reference path) or
-  # "dot_product_attention" (jax.nn.dot_product_attention; the cuDNN flash
-  # kernel on GPUs where it applies, XLA elsewhere). Same results; training
-  # with attention dropout takes the einsum path.
-  attention_impl: str = "einsum"
   # Everything else.
   # "rms": scale-only RMS norms (meliad, T5); "layer": LayerNorm with a mean
   # (and a bias with use_bias).
@@ -151,17 +147,6 @@ class ModelConfig:
   # Nothing inside the recurrent state's update.
   dropout_rate: float = 0.0
   attention_dropout_rate: float = 0.0
-  remat: bool = False  # Recompute each block step in the backward pass.
-  # How a segment is computed (the results are the same): True, layer by
-  # layer, every block of a layer at once, only the recurrent states scanned
-  # over the blocks; False, the whole stack block by block (one `nn.scan`).
-  # None picks layer by layer where it is possible (`layer_major_blocker`),
-  # except for float32 models with a key/value head per query head. In-
-  # process A/Bs of the training step at the bench config on CPU
-  # (scripts/bench_ab.py): one key/value head +5-6% float32, +9% bf16; a
-  # head per query head +2-7% bf16, -1-0% float32 (the attention's batched
-  # products run slower over all the blocks' rows at once).
-  layer_major: bool | None = None
   dtype: str = "float32"  # Activation dtype; parameters stay float32.
   # True: the logits are the embedding's transpose times the output, over
   # sqrt(vocab_size) (meliad's decoder_stack); False: a separate output layer.
@@ -236,7 +221,8 @@ class ModelConfig:
 
   @property
   def layer_major_blocker(self) -> str | None:
-    """Why a segment cannot run layer by layer, or None when it can.
+    """Why a segment cannot run layer by layer (brt.execution), or None
+    when the architecture allows it.
 
     It can when a block depends on the one before only through the same
     layer's keys/values and the state its own recurrent layer writes."""
@@ -248,25 +234,13 @@ class ModelConfig:
       return "RMT memory tokens pass every layer between blocks"
     if self.compressed_mem_factor:
       return "the compressed memory is pushed block by block"
-    if self.remat:
-      return "remat recomputes the stack block by block"
     return None
-
-  @property
-  def runs_layer_major(self) -> bool:
-    if self.layer_major is None:
-      return self.layer_major_blocker is None and (
-          self.num_kv_heads == 1 or self.dtype != "float32")
-    return self.layer_major
 
   # -- validation ------------------------------------------------------------
   def _validate(self):
     def fail(msg):
       raise ValueError(f"ModelConfig: {msg}")
 
-    if self.layer_major and self.layer_major_blocker:
-      fail(f"layer_major=True is not possible: {self.layer_major_blocker}. "
-           "Leave layer_major=None (the fastest possible order) or False.")
     for name in ("vocab_size", "num_layers", "d_model", "num_heads",
                  "block_width", "num_states", "num_position_buckets",
                  "max_position_distance"):
@@ -290,7 +264,6 @@ class ModelConfig:
                ("position", POSITIONS), ("dtype", tuple(DTYPES)),
                ("mlp_activation", ACTIVATIONS), ("window", WINDOWS),
                ("empty_cache", EMPTY_CACHES), ("norm", NORMS),
-               ("attention_impl", ATTENTION_IMPLS),
                ("compression", COMPRESSIONS))
     for name, allowed in choices:
       if getattr(self, name) not in allowed:

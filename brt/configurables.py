@@ -1,10 +1,11 @@
 """What gin can configure, and parsing gin files with errors that help.
 
 An experiment is a few gin files (size x variant x task, see configs/) plus
-`--gin_param` overrides. They bind the fields of four dataclasses, each
+`--gin_param` overrides. They bind the fields of five dataclasses, each
 constructed once by the entry point:
 
     ModelConfig.num_layers = 12          # brt.config
+    ExecutionConfig.remat = 'full'       # brt.execution
     TrainConfig.batch_size = 8           # brt.trainer
     OptimizerConfig.learning_rate = 0.01 # brt.optim
     DataConfig.task = @gutenberg_plays() # below; the task registers itself
@@ -25,6 +26,8 @@ from typing import Sequence
 import gin
 
 from brt.config import ModelConfig
+from brt import execution
+from brt.execution import ExecutionConfig
 from brt.optim import OptimizerConfig
 from brt.trainer import TrainConfig
 
@@ -67,7 +70,8 @@ def register() -> None:
   if _REGISTERED:
     return
   from brt.data import tasks  # TensorFlow and seqio: only when configuring.
-  for cls in (ModelConfig, TrainConfig, OptimizerConfig, DataConfig):
+  for cls in (ModelConfig, ExecutionConfig, TrainConfig, OptimizerConfig,
+              DataConfig):
     gin.external_configurable(cls, module="brt")
   for name, fn in (("pg19_local", tasks.register_pg19_local),
                    ("pg19_tfds", tasks.register_pg19_tfds),
@@ -107,6 +111,16 @@ def parse(gin_files: Sequence[str] = (), gin_params: Sequence[str] = (),
                                         finalize_config=False)
   except (ValueError, KeyError) as e:
     raise GinConfigError(explain(e)) from None
+
+
+def parse_saved(path: str, gin_params: Sequence[str] = (),
+                search_paths: Sequence[str] = ()) -> None:
+  """Parses a workdir's operative config (then `gin_params`), written by
+  this or an earlier brt: execution settings that ModelConfig held then are
+  read as the ExecutionConfig bindings they became."""
+  with open(path, encoding="utf-8") as f:
+    text = execution.upgrade_bindings(f.read())
+  parse((), [text, *gin_params], search_paths)
 
 
 def _find(path: str, search_paths: Sequence[str]) -> str:
@@ -150,6 +164,9 @@ def explain(error: Exception) -> str:
                     r"'(\w+)'", message):
     params = known.get(m.group(1), [])
     close = difflib.get_close_matches(m.group(2), params, n=3, cutoff=0.5)
+    moved = execution.LEGACY_MODEL_FIELDS.get(m.group(2))
+    if m.group(1).endswith("ModelConfig") and moved:
+      close = [f"ExecutionConfig.{moved[0]}"]
     hint = (f"Did you mean {_or(close)}?\n" if close else "") + (
         f"{m.group(1)} takes: {', '.join(p for p in params if p != 'self')}.")
   elif m := re.search(r"No configurable matching '([\w.]+)'", message):

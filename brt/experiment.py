@@ -24,6 +24,7 @@ import numpy as np
 from brt import configurables
 from brt.config import ModelConfig
 from brt.configurables import DataConfig
+from brt.execution import ExecutionConfig
 from brt.data import pipeline
 from brt.evaluation import plot_loss_by_position
 from brt.optim import OptimizerConfig
@@ -51,6 +52,7 @@ class Experiment:
   train_config: TrainConfig
   optimizer_config: OptimizerConfig
   data_config: DataConfig
+  execution_config: ExecutionConfig = ExecutionConfig()
 
   @classmethod
   def from_gin(cls, workdir: str, write_config: bool = True) -> "Experiment":
@@ -58,7 +60,8 @@ class Experiment:
     task), checks they fit together, and writes the operative config."""
     workdir = prepare_workdir(workdir)
     exp = cls(workdir, *(configurables.build(c) for c in (
-        ModelConfig, TrainConfig, OptimizerConfig, DataConfig)))
+        ModelConfig, TrainConfig, OptimizerConfig, DataConfig,
+        ExecutionConfig)))
     exp.check_vocabulary()
     if write_config and jax.process_index() == 0:
       with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
@@ -87,7 +90,8 @@ class Experiment:
       writer = metric_writers.AsyncWriter(metric_writers.SummaryWriter(
           os.path.join(self.workdir, "tensorboard")))
     return Trainer(self.model_config, self.train_config,
-                   self.optimizer_config, self.workdir, writer=writer,
+                   self.optimizer_config, self.workdir,
+                   execution=self.execution_config, writer=writer,
                    verbose=verbose)
 
   def train_batches(self):

@@ -16,76 +16,39 @@ import jax.numpy as jnp
 
 from brt import attention, compressed_memory, linear, memory_tokens
 from brt.config import ModelConfig
+from brt.execution import ExecutionConfig
 
 Array = jax.Array
 _ACTIVATIONS = {"gelu": nn.gelu, "relu": nn.relu, "swish": nn.swish}
 
 
 def dense(features, names, *, axis=-1, dtype=jnp.float32, use_bias=True,
-          name=None, bias_init=nn.initializers.zeros, kernel_scale=1.0):
+          name=None, bias_init=nn.initializers.zeros, kernel_scale=1.0,
+          products="plain"):
   """A dense layer whose kernel and bias carry logical axis names.
 
   It contracts the input's last axes: `axis` is -1, or (-n, ..., -1).
   `names` names the kernel's axes (input axes first, then output axes); the
   bias takes the output axes' names. The kernel is drawn as
   variance_scaling(kernel_scale, "fan_in", "truncated_normal"), lecun_normal
-  at the default scale, as meliad draws every kernel.
+  at the default scale, as meliad draws every kernel. `products`:
+  ExecutionConfig.products.
   """
   axes = (axis,) if isinstance(axis, int) else tuple(axis)
   if axes != tuple(range(-len(axes), 0)):
     raise ValueError(f"dense contracts trailing axes only, got axis={axis}.")
   return linear.Dense(features, tuple(names), num_axes=len(axes), dtype=dtype,
                       use_bias=use_bias, bias_init=bias_init,
-                      kernel_scale=kernel_scale, name=name)
+                      kernel_scale=kernel_scale, products=products,
+                      name=name)
 
 
-class LayerNorm(nn.Module):
-  """A norm over the last axis, in float32: with `use_mean` flax's LayerNorm,
-  else the scale-only RMS norm of T5 and meliad (x / rms(x) * scale), with
-  flax's parameter names ("scale", and "bias" if use_bias) and epsilon; the
-  scale and bias go through `linear.multiply` and `linear.add_bias`, whose
-  gradients are products rather than reductions."""
-  use_bias: bool = True
-  use_mean: bool = True
-  epsilon: float = 1e-6
-
-  @nn.compact
-  def __call__(self, x):
-    x = x.astype(jnp.float32)
-    features = (x.shape[-1],)
-    if self.use_mean:
-      x = x - jnp.mean(x, axis=-1, keepdims=True)
-    variance = jnp.mean(x * x, axis=-1, keepdims=True)
-    y = x * jax.lax.rsqrt(variance + self.epsilon)
-    scale = self.param("scale", nn.with_logical_partitioning(
-        nn.initializers.ones, ("embed",)), features)
-    y = linear.multiply(y, scale)
-    if self.use_bias:
-      bias = self.param("bias", nn.with_logical_partitioning(
-          nn.initializers.zeros, ("embed",)), features)
-      y = linear.add_bias(y, bias)
-    return y
-
-
-def layer_norm(config: ModelConfig, name=None):
+def layer_norm(config: ModelConfig, products: str = "plain", name=None):
   """The model's norm: scale-only RMS ("rms"), or LayerNorm ("layer", with a
   bias when use_bias)."""
   layer = config.norm == "layer"
-  return LayerNorm(use_bias=layer and config.use_bias, use_mean=layer,
-                   name=name)
-
-
-@functools.partial(jax.checkpoint, static_argnums=(0,))
-def _activation(name, h):
-  """The MLP's nonlinearity, computed in float32 and recomputed in the
-  backward pass from its input alone. Stored, the intermediates of its
-  formula (five hidden-sized arrays per block for GELU) are stacked over the
-  blocks; in 16-bit XLA:CPU converted them all back to float32 before the
-  backward pass (a tenth of a bf16 step at the bench config), and in float32
-  it fused the hidden gradient's transpose, made for the weight-gradient
-  product, into the loop that reads them all at a stride (a fifth of the
-  step without biases, 8-15% with them)."""
-  return _ACTIVATIONS[name](h.astype(jnp.float32)).astype(h.dtype)
+  return linear.norm(use_mean=layer, use_bias=layer and config.use_bias,
+                     products=products, name=name)
 
 
 def _hidden_axes(in_axes: int, name: str) -> tuple:
@@ -104,6 +67,7 @@ class Mlp(nn.Module):
   config: ModelConfig
   in_axes: int = 1
   final_tanh: bool = False
+  products: str = "plain"  # ExecutionConfig.products.
 
   @nn.compact
   def __call__(self, x):
@@ -111,10 +75,11 @@ class Mlp(nn.Module):
     names = _hidden_axes(self.in_axes, "embed")
     axis = tuple(range(-self.in_axes, 0))
     h = dense(cfg.mlp_size, names + ("mlp",), axis=axis,
-              dtype=cfg.compute_dtype, use_bias=cfg.use_bias, name="wi")(x)
-    h = _activation(cfg.mlp_activation, h)
+              dtype=cfg.compute_dtype, use_bias=cfg.use_bias,
+              products=self.products, name="wi")(x)
+    h = linear.activation(_ACTIVATIONS[cfg.mlp_activation], h, self.products)
     y = dense(cfg.d_model, ("mlp", "embed"), dtype=cfg.compute_dtype,
-              use_bias=cfg.use_bias, name="wo")(h)
+              use_bias=cfg.use_bias, products=self.products, name="wo")(h)
     if self.final_tanh:
       y = jnp.tanh(y.astype(jnp.float32))
     return h, y
@@ -146,6 +111,7 @@ class LstmGate(nn.Module):
   remembering."""
   config: ModelConfig
   in_axes: int = 1
+  products: str = "plain"  # ExecutionConfig.products.
 
   @nn.compact
   def __call__(self, state, hidden, update):
@@ -155,18 +121,20 @@ class LstmGate(nn.Module):
     gates = dense((2, cfg.d_model), names + (None, "embed"),
                   axis=tuple(range(-self.in_axes, 0)), dtype=jnp.float32,
                   kernel_scale=0.1, bias_init=nn.initializers.normal(0.1),
+                  products=self.products,
                   name="proj")(hidden.astype(jnp.float32))
     i = jax.nn.sigmoid(gates[..., 0, :] - 1.0)
     f = jax.nn.sigmoid(gates[..., 1, :] + 1.0)
     return state * f + update.astype(jnp.float32) * i
 
 
-def make_gate(config: ModelConfig, in_axes: int = 1) -> nn.Module:
+def make_gate(config: ModelConfig, in_axes: int = 1,
+              products: str = "plain") -> nn.Module:
   """The gate of the config; `in_axes`: the axes of the hidden input it is
   computed from (the LSTM gate's kernel contracts them)."""
   if config.gate == "fixed":
     return FixedGate(config)
-  return LstmGate(config, in_axes=in_axes)
+  return LstmGate(config, in_axes=in_axes, products=products)
 
 
 class RelativePositionBias(nn.Module):
@@ -227,6 +195,7 @@ class TransformerLayer(nn.Module):
   """
   config: ModelConfig
   kind: str  # "plain", "feedback", "recurrent" or "writer"
+  execution: ExecutionConfig = ExecutionConfig()
 
   @property
   def tokens_read_state(self) -> bool:
@@ -239,20 +208,22 @@ class TransformerLayer(nn.Module):
   def setup(self):
     cfg = self.config
     dt = cfg.compute_dtype
+    products = self.execution.products
+    dense_ = functools.partial(dense, products=products)
     reads_state = self.tokens_read_state
     num_q = 2 if reads_state else 1  # Self-attention (+ token->state) queries.
     heads = ("embed", None, "heads", "kv")
     kv_heads = ("embed", None, "kv_heads", "kv")
     out = (None, "heads", "kv", "embed")
-    self.ln_tokens = layer_norm(cfg)
-    self.q_tokens = dense((num_q, cfg.num_heads, cfg.head_size), heads,
+    self.ln_tokens = layer_norm(cfg, products)
+    self.q_tokens = dense_((num_q, cfg.num_heads, cfg.head_size), heads,
                           dtype=dt, use_bias=False)
-    self.kv_tokens = dense((2, cfg.num_kv_heads, cfg.head_size), kv_heads,
+    self.kv_tokens = dense_((2, cfg.num_kv_heads, cfg.head_size), kv_heads,
                            dtype=dt, use_bias=False)
-    self.out_tokens = dense(cfg.d_model, out, axis=(-3, -2, -1), dtype=dt,
+    self.out_tokens = dense_(cfg.d_model, out, axis=(-3, -2, -1), dtype=dt,
                             use_bias=cfg.use_bias)
-    self.ln_mlp = layer_norm(cfg)
-    self.mlp = Mlp(cfg)
+    self.ln_mlp = layer_norm(cfg, products)
+    self.mlp = Mlp(cfg, products=products)
     self.dropout = nn.Dropout(cfg.dropout_rate)
     self.attention_dropout = nn.Dropout(cfg.attention_dropout_rate)
     self.scale_self = self._attention_scale("scale_self")
@@ -264,30 +235,31 @@ class TransformerLayer(nn.Module):
       # The state's keys/values, which its readers share. State IDs: a
       # learned position per state vector, so that the state vectors (which
       # have no order) can specialise.
-      self.ln_state = layer_norm(cfg)
-      self.kv_state = dense((2, cfg.num_kv_heads, cfg.head_size), kv_heads,
+      self.ln_state = layer_norm(cfg, products)
+      self.kv_state = dense_((2, cfg.num_kv_heads, cfg.head_size), kv_heads,
                             dtype=dt, use_bias=False)
       self.state_ids = self.param(
           "state_ids", nn.with_logical_partitioning(
               nn.initializers.normal(1.0), ("states", "embed")),
           (cfg.num_states, cfg.d_model))
-      self.q_state = dense((2, cfg.num_heads, cfg.head_size), heads, dtype=dt,
+      self.q_state = dense_((2, cfg.num_heads, cfg.head_size), heads, dtype=dt,
                            use_bias=False)
       self.scale_state_self = self._attention_scale("scale_state_self")
       self.scale_state_tokens = self._attention_scale("scale_state_tokens")
       if cfg.gate_variant == "single":
         # The attention output (2, H, k) feeds the MLP; one gate from its
         # hidden layer.
-        self.mlp_state = Mlp(cfg, in_axes=3, final_tanh=True)
-        self.gate = make_gate(cfg)
+        self.mlp_state = Mlp(cfg, in_axes=3, final_tanh=True,
+                             products=products)
+        self.gate = make_gate(cfg, products=products)
       else:
-        self.out_state = dense(cfg.d_model, out, axis=(-3, -2, -1), dtype=dt,
+        self.out_state = dense_(cfg.d_model, out, axis=(-3, -2, -1), dtype=dt,
                                use_bias=cfg.use_bias)
-        self.gate = make_gate(cfg, in_axes=3)
+        self.gate = make_gate(cfg, in_axes=3, products=products)
       if cfg.gate_variant == "dual":
-        self.ln_mlp_state = layer_norm(cfg)
-        self.mlp_state = Mlp(cfg)
-        self.gate_mlp = make_gate(cfg)
+        self.ln_mlp_state = layer_norm(cfg, products)
+        self.mlp_state = Mlp(cfg, products=products)
+        self.gate_mlp = make_gate(cfg, products=products)
 
   def _attention_scale(self, name):
     cfg = self.config
@@ -302,8 +274,8 @@ class TransformerLayer(nn.Module):
   def _attend(self, q, k, v, scale, deterministic=True, dropout=False, **kw):
     """`attention.attend` with this layer's normalisation and kernel;
     `dropout`: drop attention weights (the token self-attention)."""
-    cfg = self.config
-    impl, drop = cfg.attention_impl, None
+    cfg, ex = self.config, self.execution
+    impl, drop = ex.attention_kernel(cfg), None
     if dropout and cfg.attention_dropout_rate and not deterministic:
       # jax.nn.dot_product_attention has no dropout: this takes the einsum.
       impl = "einsum"
@@ -311,7 +283,9 @@ class TransformerLayer(nn.Module):
     if cfg.qk_norm:
       q, k = attention.l2_normalize(q), attention.l2_normalize(k)
     return attention.attend(q, k, v, scale=scale, impl=impl,
-                            bias_scaled=cfg.qk_norm, dropout=drop, **kw)
+                            bias_scaled=cfg.qk_norm, dropout=drop,
+                            products=ex.products,
+                            fallback=ex.attention == "auto", **kw)
 
   def push_compressed(self, memory: dict[str, Array], leaving: dict[str, Array],
                       prefix_visible: Array) -> dict[str, Array]:

@@ -58,6 +58,8 @@ def run(argv) -> None:
     # its own progress. --verbosity=0 brings their logs back.
     logging.set_verbosity(logging.WARNING)
   # Imported here so that --help answers without loading jax and TensorFlow.
+  from brt import xla_cpu
+  xla_cpu.tune_xla_flags()  # Before jax starts a backend.
   import jax
   if _JAX_DISTRIBUTED.value:
     jax.distributed.initialize()
@@ -73,8 +75,9 @@ def run(argv) -> None:
       raise FileNotFoundError(
           f"No --gin_file given and no {saved}: point --workdir at a trained "
           "run or give the run's gin files.")
-    gin_files = [saved]
-  configurables.parse(gin_files, _GIN_PARAM.value, _GIN_SEARCH_PATHS.value)
+    configurables.parse_saved(saved, _GIN_PARAM.value, _GIN_SEARCH_PATHS.value)
+  else:
+    configurables.parse(gin_files, _GIN_PARAM.value, _GIN_SEARCH_PATHS.value)
   exp = Experiment.from_gin(workdir, write_config=mode.startswith("train"))
 
   if mode.startswith("train"):

@@ -10,7 +10,7 @@ back in with the next one.
 Where a block depends on the one before only through the same layer's
 keys/values and its own recurrent state (no feedback, memory tokens or
 compressed memory), the same segment can also run layer by layer
-(`BlockStep.segment`, `ModelConfig.layer_major`): each layer takes all n
+(`BlockStep.segment`, `ExecutionConfig.layer_major`): each layer takes all n
 blocks at once, and only the recurrent state is scanned over them. Both
 orders give the same results (tests/test_layer_major.py).
 """
@@ -26,6 +26,7 @@ import numpy as np
 
 from brt import attention, compressed_memory, linear, memory_tokens
 from brt.config import ModelConfig
+from brt.execution import ExecutionConfig
 from brt.layers import RelativePositionBias, TransformerLayer, dense, layer_norm
 
 Array = jax.Array
@@ -72,11 +73,13 @@ class BlockStep(nn.Module):
   and the state is updated when the block is complete.
   """
   config: ModelConfig
+  execution: ExecutionConfig = ExecutionConfig()
 
   def setup(self):
     cfg = self.config
     for i in range(cfg.num_layers):
-      setattr(self, f"layer_{i}", TransformerLayer(cfg, layer_kind(cfg, i)))
+      setattr(self, f"layer_{i}",
+              TransformerLayer(cfg, layer_kind(cfg, i), self.execution))
     self.initial_states = tuple(
         self.param(f"initial_state_{layer}", nn.with_logical_partitioning(
             nn.initializers.normal(cfg.state_init_std), ("states", "embed")),
@@ -174,7 +177,7 @@ class BlockStep(nn.Module):
   def segment(self, carry: Carry, x: Array, reset_cache: Array,
               reset_state: Array, window, deterministic: bool):
     """The same stack over a whole segment, layer by layer
-    (`ModelConfig.layer_major`).
+    (`ExecutionConfig.layer_major`).
 
     Every block of a plain layer runs at once, the blocks folded into the
     batch axis; a recurrent layer first scans its state over the blocks
@@ -360,22 +363,25 @@ class BlockRecurrentTransformer(nn.Module):
   the same logits. For token-by-token decoding see brt/sampling.py.
   """
   config: ModelConfig
+  # How it is computed (kernels, remat, layer order): never what.
+  execution: ExecutionConfig = ExecutionConfig()
 
   def setup(self):
-    cfg = self.config
+    cfg, products = self.config, self.execution.products
     self.embed = nn.Embed(
         cfg.vocab_size, cfg.d_model,
         embedding_init=nn.with_logical_partitioning(
             nn.initializers.normal(1.0), ("vocab", "embed")))
     self.final_dropout = nn.Dropout(cfg.dropout_rate)
-    self.blocks = BlockStep(cfg)
+    self.blocks = BlockStep(cfg, self.execution)
     if cfg.position == "t5":
       for i in range(cfg.num_layers):
         setattr(self, f"relpos_{i}", RelativePositionBias(cfg))
-    self.ln_final = layer_norm(cfg)
+    self.ln_final = layer_norm(cfg, products)
     if not cfg.tie_embeddings:
       self.unembed = dense(cfg.vocab_size, ("embed", "vocab"),
-                           dtype=cfg.compute_dtype, use_bias=cfg.use_bias)
+                           dtype=cfg.compute_dtype, use_bias=cfg.use_bias,
+                           products=products)
 
   def initial_carry(self, batch_size: int) -> Carry:
     return initial_carry(self.config, batch_size)
@@ -411,7 +417,7 @@ class BlockRecurrentTransformer(nn.Module):
     drop_cache = (sos | as_rows(reset_cache)) if cfg.cache_across_segments else (
         jnp.ones_like(sos))
     drop_state = sos | as_rows(reset_state)
-    if cfg.runs_layer_major:
+    if self.execution.runs_layer_major(cfg):
       carry, y = self.blocks.segment(carry, x, drop_cache, drop_state,
                                      self._window(), deterministic)
       return self._logits(y.reshape(batch, length, cfg.d_model),
@@ -426,8 +432,9 @@ class BlockRecurrentTransformer(nn.Module):
     def body(step, carry, inputs, window):
       return step(carry, inputs, window, deterministic)
 
-    if cfg.remat:
-      body = nn.remat(body, prevent_cse=False)
+    if self.execution.remat != "none":
+      body = nn.remat(body, prevent_cse=False,
+                      policy=self.execution.remat_policy())
     scan = nn.scan(body, variable_broadcast="params",
                    split_rngs={"params": False, "dropout": True},
                    in_axes=(0, nn.broadcast), out_axes=0)
@@ -488,7 +495,8 @@ class BlockRecurrentTransformer(nn.Module):
     if not cfg.tie_embeddings:
       return self.unembed(y).astype(jnp.float32)
     logits = linear.einsum("btd,vd->btv", y, self.embed.embedding,
-                           cfg.compute_dtype, out_dtype=jnp.float32)
+                           cfg.compute_dtype, out_dtype=jnp.float32,
+                           products=self.execution.products)
     return logits * (cfg.vocab_size ** -0.5)
 
   def _window(self, offset=0, length=None) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from brt import carry_dropout, optim, partitioning
 from brt.checkpoints import Checkpointer
 from brt.config import ModelConfig
 from brt.evaluation import EvalResult, Evaluator, token_nll
+from brt.execution import ExecutionConfig
 from brt.model import BlockRecurrentTransformer, initial_carry
 
 # The batch fields the model consumes; the rest (document ids, counts) are
@@ -157,10 +158,11 @@ class Trainer:
 
   def __init__(self, model_config: ModelConfig, train_config: TrainConfig,
                optimizer_config: optim.OptimizerConfig, workdir: str, *,
-               mesh=None, writer=None, verbose: bool = True):
+               execution: ExecutionConfig = ExecutionConfig(), mesh=None,
+               writer=None, verbose: bool = True):
     self.model_config = model_config
     self.config = train_config
-    self.model = BlockRecurrentTransformer(model_config)
+    self.model = BlockRecurrentTransformer(model_config, execution)
     model_config.check_segment_length(train_config.segment_length)
     model_config.check_segment_length(train_config.eval_length)
     self.mesh = mesh or partitioning.make_mesh(*train_config.mesh_shape)

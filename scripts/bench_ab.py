@@ -8,11 +8,15 @@ ratio per pair is the number to read.
   .venv/bin/python scripts/bench_ab.py --a '{"layer_major": false}' \\
       --b '{"layer_major": true}' \\
       --base '{"multi_query": true, "use_bias": false, "position": "rotary"}'
+
+Overrides name ModelConfig or ExecutionConfig fields (e.g. '{"products":
+"plain"}'); the execution defaults to the XLA:CPU products on a CPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -22,14 +26,22 @@ import time
 import jax
 
 import brt
+from brt import xla_cpu
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_model import BENCH, SIZES, bench_inputs, make_train_step  # noqa: E402
+from bench_model import (BENCH, SIZES, bench_inputs, execution_config,  # noqa: E402
+                         make_train_step)
+
+EXECUTION_FIELDS = {f.name for f in dataclasses.fields(brt.ExecutionConfig)}
 
 
 def compiled_step(overrides: dict, batch: int, segment: int):
+  model_fields = {k: v for k, v in overrides.items()
+                  if k not in EXECUTION_FIELDS}
+  execution = dataclasses.replace(execution_config(), **{
+      k: v for k, v in overrides.items() if k in EXECUTION_FIELDS})
   model, params, tokens, carry = bench_inputs(
-      brt.ModelConfig(**BENCH, **overrides), batch, segment)
+      brt.ModelConfig(**BENCH, **model_fields), batch, segment, execution)
   step = make_train_step(model).lower(params, tokens, carry).compile()
   return lambda: step(params, tokens, carry)
 
@@ -44,6 +56,7 @@ def main():
   parser.add_argument("--pairs", type=int, default=6)
   parser.add_argument("--batch", type=int, default=4)
   args = parser.parse_args()
+  xla_cpu.tune_xla_flags()
   base = {"recurrent_layers": (SIZES["bench"]["recurrent_layer"],),
           **args.base}
   segment = SIZES["bench"]["segment"]

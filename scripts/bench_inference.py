@@ -28,15 +28,17 @@ import jax.numpy as jnp
 import numpy as np
 
 import brt
+from brt import xla_cpu
 from brt.sampling import Sampler, SamplingConfig
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_model import BENCH, VARIANTS, peak_device_mib  # noqa: E402  (the same configs)
+from bench_model import (VARIANTS, execution_config, model_config,  # noqa: E402  (the same configs)
+                         peak_device_mib)
 
 
 def build(variant):
-  cfg = brt.ModelConfig(**BENCH, **VARIANTS[variant])
-  model = brt.BlockRecurrentTransformer(cfg)
+  cfg = model_config("bench", variant)
+  model = brt.BlockRecurrentTransformer(cfg, execution_config())
   tokens = jnp.zeros((1, cfg.block_width), jnp.int32)
   variables = jax.jit(model.init)(jax.random.PRNGKey(0), tokens,
                                   model.initial_carry(1))
@@ -107,6 +109,7 @@ def main():
   parser.add_argument("--out", default="bench_results/inference.json")
   parser.add_argument("--_eval_child", nargs=3, help=argparse.SUPPRESS)
   args = parser.parse_args()
+  xla_cpu.tune_xla_flags()  # Before jax starts its CPU backend.
   if args._eval_child:
     _eval_child(args._eval_child[0], int(args._eval_child[1]),
                 int(args._eval_child[2]))

@@ -13,15 +13,21 @@ peak device memory of the run.
 heads of 128, MLP 4096, W 512, 512 states, recurrent layer 10, a 32k
 vocabulary, segments of 4096): a size for an accelerator, not this CPU.
 
+How the model is computed is brt.execution.ExecutionConfig's: --products
+(default: the XLA:CPU products on a CPU, plain JAX elsewhere), --attention,
+--remat, --layer_major. The step-time ratios of the recurrent variants to
+XL:W and XL:4W are printed and written beside the rows.
+
   .venv/bin/python scripts/bench_model.py                 # bench config, all variants
   .venv/bin/python scripts/bench_model.py --variants rec_fixed_skip --steps 5
   .venv/bin/python scripts/bench_model.py --dtype bfloat16 --out bench_results/model_bf16.json
-  python scripts/bench_model.py --size paper --dtype bfloat16 --variants xl rec_fixed_skip
+  python scripts/bench_model.py --size paper --dtype bfloat16 --variants xl xl_4w rec_fixed_skip
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -33,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import brt
-from brt import flops
+from brt import flops, xla_cpu
 
 # The bench config of the issues: bytes, 6 layers, d 512, 8 x 64 heads,
 # MLP 2048, W 128, 128 states, recurrent layer 4, segment 1024, batch 4.
@@ -51,6 +57,7 @@ def variants(recurrent_layer: int) -> dict:
   rec = (recurrent_layer,)
   return {
       "xl": dict(),
+      "xl_4w": dict(block_width=None),  # 4 W: filled in by `model_config`.
       "rec_fixed_skip": dict(recurrent_layers=rec),
       "rec_lstm_dual": dict(recurrent_layers=rec, gate="lstm", gate_variant="dual"),
       "feedback": dict(recurrent_layers=rec, feedback=True),
@@ -103,9 +110,47 @@ def peak_device_mib(device) -> float | None:
   return stats["peak_bytes_in_use"] / 2 ** 20
 
 
-def bench_inputs(cfg: brt.ModelConfig, batch: int, segment: int):
+def model_config(size: str, name: str, **overrides) -> brt.ModelConfig:
+  """A benchmarked variant at one of SIZES."""
+  model = dict(SIZES[size]["model"])
+  variant = dict(variants(SIZES[size]["recurrent_layer"])[name])
+  if "block_width" in variant:
+    variant["block_width"] = 4 * model["block_width"]
+  return brt.ModelConfig(**{**model, **variant, **overrides})
+
+
+def execution_config(args=None) -> brt.ExecutionConfig:
+  """The ExecutionConfig of the command line (`add_execution_flags`; None:
+  their defaults); products "auto" is the XLA:CPU products on a CPU and
+  plain JAX elsewhere."""
+  get = lambda name, default: getattr(args, name, default)
+  products = get("products", "auto")
+  if products == "auto":
+    products = "xla_cpu" if jax.default_backend() == "cpu" else "plain"
+  layer_major = {"auto": None, "true": True, "false": False}[
+      get("layer_major", "auto")]
+  return brt.ExecutionConfig(products=products,
+                             attention=get("attention", "auto"),
+                             remat=get("remat", "none"),
+                             layer_major=layer_major)
+
+
+def add_execution_flags(parser) -> None:
+  """--products, --attention, --remat, --layer_major (ExecutionConfig)."""
+  from brt import execution
+  parser.add_argument("--products", default="auto",
+                      choices=("auto", *execution.PRODUCTS))
+  parser.add_argument("--attention", default="auto",
+                      choices=execution.ATTENTION)
+  parser.add_argument("--remat", default="none", choices=execution.REMAT)
+  parser.add_argument("--layer_major", default="auto",
+                      choices=("auto", "true", "false"))
+
+
+def bench_inputs(cfg: brt.ModelConfig, batch: int, segment: int,
+                 execution: brt.ExecutionConfig = brt.ExecutionConfig()):
   """(model, params, tokens, carry) of one training step of a segment."""
-  model = brt.BlockRecurrentTransformer(cfg)
+  model = brt.BlockRecurrentTransformer(cfg, execution)
   carry = model.initial_carry(batch)
   tokens = jnp.asarray(np.random.RandomState(1).randint(
       0, cfg.vocab_size, (batch, segment + 1)), jnp.int32)
@@ -115,12 +160,10 @@ def bench_inputs(cfg: brt.ModelConfig, batch: int, segment: int):
 
 
 def bench_variant(name, args):
-  size = SIZES[args.size]
-  cfg = brt.ModelConfig(**size["model"],
-                        **variants(size["recurrent_layer"])[name],
-                        remat=args.remat, dtype=args.dtype)
+  cfg = model_config(args.size, name, dtype=args.dtype)
+  execution = execution_config(args)
   batch, seg = args.batch, args.segment
-  model, params, tokens, carry = bench_inputs(cfg, batch, seg)
+  model, params, tokens, carry = bench_inputs(cfg, batch, seg, execution)
   step = make_train_step(model)
 
   compile_s = {}
@@ -137,7 +180,9 @@ def bench_variant(name, args):
   achieved = tokens_per_s * flops.train_flops_per_token(cfg)
   return {
       "variant": name, "batch": batch, "segment": seg, "dtype": args.dtype,
-      "remat": args.remat, "step_s": seconds, "tokens_per_s": tokens_per_s,
+      "execution": dataclasses.asdict(execution),
+      "layer_major": execution.runs_layer_major(cfg),
+      "attention_kernel": execution.attention_kernel(cfg), "step_s": seconds, "tokens_per_s": tokens_per_s,
       "model_tflops_per_s": achieved / 1e12,
       "compile_s": {str(k): v for k, v in compile_s.items()},
       "params": sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params)),
@@ -145,6 +190,15 @@ def bench_variant(name, args):
       # largest one sets it.
       "peak_device_mib_so_far": peak_device_mib(jax.devices()[0]),
   }
+
+
+def step_time_ratios(rows) -> dict[str, float]:
+  """Each recurrent variant's step time over XL:W's and XL:4W's (the
+  paper's claim: about XL:W's, half XL:4W's)."""
+  step = {row["variant"]: row["step_s"] for row in rows}
+  return {f"{name} / {base}": step[name] / step[base]
+          for name in step if name not in ("xl", "xl_4w")
+          for base in ("xl", "xl_4w") if base in step}
 
 
 def main():
@@ -158,7 +212,7 @@ def main():
   parser.add_argument("--steps", type=int, default=10)
   parser.add_argument("--dtype", default="float32",
                       choices=("float32", "bfloat16"))
-  parser.add_argument("--remat", action="store_true")
+  add_execution_flags(parser)
   parser.add_argument("--compile_check", action=argparse.BooleanOptionalAction,
                       default=True,
                       help="also compile at 4x the segment (compile time "
@@ -170,6 +224,7 @@ def main():
   parser.add_argument("--out", default="bench_results/model.json")
   args = parser.parse_args()
   args.segment = args.segment or SIZES[args.size]["segment"]
+  xla_cpu.tune_xla_flags()  # Before jax starts its CPU backend.
 
   device = jax.devices()[0]
   backend = jax.default_backend()
@@ -202,12 +257,16 @@ def main():
     print(f"{row['variant']:16s} {row['tokens_per_s']:9.0f} {row['step_s']:7.3f} "
           f"{row['model_tflops_per_s'] * 1e3:8.1f} {row['mfu']:6.1%} "
           f"{c[0]} {c[1]} {'-' if mem is None else f'{mem:.0f}':>9s}")
+  ratios = step_time_ratios(rows)
+  for name, ratio in ratios.items():
+    print(f"step time {name}: {ratio:.3f}")
   os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
   with open(args.out, "w") as f:
     json.dump({"device": device.device_kind, "backend": backend,
                "jax": jax.__version__, "size": args.size,
                "matmul_size": args.matmul_size, "matmul_flops_per_s": peak,
-               "matmul_flops_per_s_measured": references, "rows": rows}, f,
+               "matmul_flops_per_s_measured": references, "rows": rows,
+               "step_time_ratios": ratios}, f,
               indent=2)
   print(f"wrote {args.out}")
 

@@ -184,10 +184,12 @@ def brt_side(args, options: dict) -> dict:
       num_heads=c["heads"], mlp_dim=2048, block_width=c["block"],
       num_states=c["states"], recurrent_layers=(c["recurrent_layer"],),
       **options)
-  model = brt.BlockRecurrentTransformer(cfg)
+  # The CPU's products (the port is measured on this CPU).
+  execution = brt.ExecutionConfig(products="xla_cpu")
+  model = brt.BlockRecurrentTransformer(cfg, execution)
   # Trained in --dtype; sampled in float32 (the same parameters serve both).
   train_model = brt.BlockRecurrentTransformer(
-      dataclasses.replace(cfg, dtype=args.dtype))
+      dataclasses.replace(cfg, dtype=args.dtype), execution)
   variables = nn.meta.unbox(jax.jit(model.init)(
       jax.random.PRNGKey(0), jnp.zeros((1, c["block"]), jnp.int32),
       model.initial_carry(1)))
@@ -250,6 +252,8 @@ def main():
   parser.add_argument("--_port_child", action="store_true",
                       help=argparse.SUPPRESS)
   args = parser.parse_args()
+  from brt import xla_cpu  # Imported here, as brt is everywhere in this script.
+  xla_cpu.tune_xla_flags()  # Before jax starts its CPU backend.
   if args._port_child:  # pylint: disable=protected-access
     print("RESULT" + json.dumps(port_child(args)))
     return

@@ -31,9 +31,11 @@ import jax.numpy as jnp
 import numpy as np
 
 import brt
+from brt import xla_cpu
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_model import BENCH, VARIANTS, make_train_step  # noqa: E402
+from bench_model import (VARIANTS, execution_config, make_train_step,  # noqa: E402
+                         model_config)
 
 
 def best_time(fn, *args, budget_s: float, max_repeats: int = 5) -> float:
@@ -60,8 +62,10 @@ def main():
   parser.add_argument("--out", default="bench_results/scaling.json")
   args = parser.parse_args()
 
-  cfg = brt.ModelConfig(**BENCH, **VARIANTS[args.variant], remat=True)
-  model = brt.BlockRecurrentTransformer(cfg)
+  xla_cpu.tune_xla_flags()
+  cfg = model_config("bench", args.variant)
+  model = brt.BlockRecurrentTransformer(
+      cfg, execution_config(argparse.Namespace(remat="full")))
   carry = model.initial_carry(1)
   params = nn.meta.unbox(jax.jit(model.init)(
       jax.random.PRNGKey(0), jnp.zeros((1, cfg.block_width), jnp.int32),

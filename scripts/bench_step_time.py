@@ -24,8 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import brt
-from brt import flops
-from bench_model import BENCH, make_train_step, timed  # scripts/ is on the path
+from brt import flops, xla_cpu
+from bench_model import (BENCH, add_execution_flags, execution_config,  # scripts/ is on the path
+                         make_train_step, timed)
 
 # Name as in the paper's Table 1 -> ModelConfig overrides of BENCH (W = 128,
 # recurrent layer 4 of 6).
@@ -44,9 +45,8 @@ BASELINE = "Slide:128"
 
 def prepare(name, args):
   """(compiled step, its arguments, config) for one variant."""
-  cfg = brt.ModelConfig(**{**BENCH, **VARIANTS[name]}, dtype=args.dtype,
-                        attention_impl=args.attention_impl)
-  model = brt.BlockRecurrentTransformer(cfg)
+  cfg = brt.ModelConfig(**{**BENCH, **VARIANTS[name]}, dtype=args.dtype)
+  model = brt.BlockRecurrentTransformer(cfg, execution_config(args))
   carry = model.initial_carry(args.batch)
   tokens = jnp.asarray(np.random.RandomState(1).randint(
       0, cfg.vocab_size, (args.batch, args.segment + 1)), jnp.int32)
@@ -69,9 +69,10 @@ def main():
   parser.add_argument("--segment", type=int, default=1024)
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--dtype", default="float32")
-  parser.add_argument("--attention_impl", default="einsum")
+  add_execution_flags(parser)
   parser.add_argument("--out", default="bench_results/step_time.json")
   args = parser.parse_args()
+  xla_cpu.tune_xla_flags()
   if BASELINE not in args.variants:
     args.variants.insert(0, BASELINE)
 

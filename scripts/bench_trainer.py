@@ -24,6 +24,7 @@ import jax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_model  # noqa: E402  (the bare step, timed the same way)
+from brt import xla_cpu  # noqa: E402
 
 
 def trainer_tokens_per_s(variant: str, steps: int, log_every: int) -> float:
@@ -52,12 +53,13 @@ def main():
   parser.add_argument("--log_every", type=int, default=5)
   parser.add_argument("--out", default="bench_results/trainer.json")
   args = parser.parse_args()
+  xla_cpu.tune_xla_flags()  # Before jax starts its CPU backend.
 
   print(f"device: {jax.devices()[0].device_kind}, variant {args.variant}")
   loop = trainer_tokens_per_s(args.variant, args.steps, args.log_every)
   bare = bench_model.bench_variant(args.variant, argparse.Namespace(
-      batch=4, segment=1024, steps=args.log_every, remat=False,
-      dtype="float32"))["tokens_per_s"]
+      batch=4, segment=1024, steps=args.log_every, dtype="float32",
+      size="bench"))["tokens_per_s"]
   print(f"bare fwd+bwd step:      {bare:9.0f} tokens/s")
   print(f"trainer (entry point):  {loop:9.0f} tokens/s")
   print(f"trainer / bare:         {loop / bare:9.3f}")

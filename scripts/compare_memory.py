@@ -31,6 +31,7 @@ from brt import configurables  # noqa: E402
 from brt.config import ModelConfig  # noqa: E402
 from brt.configurables import DataConfig  # noqa: E402
 from brt.data import batching, tasks  # noqa: E402
+from brt.execution import ExecutionConfig  # noqa: E402
 from brt.optim import OptimizerConfig  # noqa: E402
 from brt.trainer import TrainConfig, Trainer  # noqa: E402
 
@@ -80,11 +81,11 @@ def build(variant_file, task_file, experiment, params):
   gin.clear_config()
   configurables.parse([variant_file, task_file, experiment], params)
   return tuple(configurables.build(c) for c in (
-      ModelConfig, TrainConfig, OptimizerConfig, DataConfig))
+      ModelConfig, TrainConfig, OptimizerConfig, DataConfig, ExecutionConfig))
 
 
 def run_one(variant_file, task_file, args, documents, params=()):
-  model_cfg, train_cfg, opt_cfg, data_cfg = build(
+  model_cfg, train_cfg, opt_cfg, data_cfg, execution = build(
       variant_file, task_file, args.experiment, [*args.gin_param, *params])
   if data_cfg.task not in documents:  # Generated once per task.
     documents[data_cfg.task] = {
@@ -93,7 +94,8 @@ def run_one(variant_file, task_file, args, documents, params=()):
   docs = documents[data_cfg.task]
   workdir = tempfile.mkdtemp(prefix="compare_memory_")
   try:
-    trainer = Trainer(model_cfg, train_cfg, opt_cfg, workdir, verbose=False)
+    trainer = Trainer(model_cfg, train_cfg, opt_cfg, workdir,
+                      execution=execution, verbose=False)
     train = batching.LongDocBatcher(
         docs[data_cfg.train_split], train_cfg.batch_size,
         train_cfg.segment_length, seed=train_cfg.seed)

@@ -69,7 +69,7 @@ def run_config(workdir):
   from brt.config import ModelConfig
   from brt.experiment import CONFIG_FILE
   gin.clear_config()
-  configurables.parse([os.path.join(workdir, CONFIG_FILE)])
+  configurables.parse_saved(os.path.join(workdir, CONFIG_FILE))
   return configurables.build(ModelConfig)
 
 

@@ -9,7 +9,11 @@ import numpy as np
 import pytest
 
 import brt
+from brt import xla_cpu
 from brt.config import CLASSIC
+
+# The XLA:CPU flag the command line sets (it changes speed, not values).
+xla_cpu.tune_xla_flags()
 
 # Deterministic float32 matmuls on every backend, so equalities are tight.
 jax.config.update("jax_default_matmul_precision", "highest")
@@ -53,7 +57,7 @@ def random_tokens(seed, batch, length, vocab=29):
   return jnp.asarray(rng.randint(0, vocab, (batch, length)), jnp.int32)
 
 
-def init_model(cfg, batch=2, seed=0):
+def init_model(cfg, batch=2, seed=0, execution=brt.ExecutionConfig()):
   """Returns (model, variables) with random parameters, without compiling init.
 
   Compiling `model.init` costs seconds (one RNG program per parameter), and
@@ -61,7 +65,7 @@ def init_model(cfg, batch=2, seed=0):
   the shapes come from `jax.eval_shape` and the values from numpy. The real
   initialisers are tested in test_params.py.
   """
-  model = brt.BlockRecurrentTransformer(cfg)
+  model = brt.BlockRecurrentTransformer(cfg, execution)
   tokens = jnp.zeros((batch, cfg.block_width), jnp.int32)
   shapes = nn.meta.unbox(jax.eval_shape(
       model.init, jax.random.PRNGKey(0), tokens, model.initial_carry(batch)))
@@ -83,14 +87,13 @@ def variant(request):
 
 
 @functools.lru_cache(maxsize=None)
-def _jitted_apply(cfg):
-  model = brt.BlockRecurrentTransformer(cfg)
+def _jitted_apply(model):
   return jax.jit(lambda v, t, c, sos: model.apply(v, t, c, start_of_sequence=sos))
 
 
 def apply(model, variables, tokens, carry, start_of_sequence=None):
-  """model.apply, compiled once per config and shape (tests call it a lot)."""
-  return _jitted_apply(model.config)(variables, tokens, carry, start_of_sequence)
+  """model.apply, compiled once per model and shape (tests call it a lot)."""
+  return _jitted_apply(model)(variables, tokens, carry, start_of_sequence)
 
 
 def jax_leaves(tree):

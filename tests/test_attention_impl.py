@@ -1,7 +1,7 @@
-"""The attention kernel switch: jax.nn.dot_product_attention computes what
-the plain einsum path does, forward and backward."""
-
-import dataclasses
+"""The attention kernel switch (ExecutionConfig.attention):
+jax.nn.dot_product_attention computes what the einsum reference does,
+forward and backward; "auto" picks by backend and falls back where a kernel
+cannot run."""
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +31,7 @@ def test_attend_kernels_agree_with_bias_and_mask(kv_heads, per_head_scale):
                             mask=jnp.asarray(mask), impl=impl)
 
   ref = run("einsum", q, k, v, bias)
-  out = run("dot_product_attention", q, k, v, bias)
+  out = run("xla", q, k, v, bias)
   np.testing.assert_allclose(out, ref, atol=1e-5, rtol=1e-5)
   # The mask matters (so the comparison covers it).
   unmasked = attention.attend(q, k, v, scale=scale, bias=bias)
@@ -40,7 +40,7 @@ def test_attend_kernels_agree_with_bias_and_mask(kv_heads, per_head_scale):
   cot = jnp.asarray(rng.randn(*ref.shape), jnp.float32)
   grads = lambda impl: jax.grad(
       lambda *a: jnp.sum(run(impl, *a) * cot), argnums=(0, 1, 2, 3))(q, k, v, bias)
-  for a, e in zip(grads("dot_product_attention"), grads("einsum")):
+  for a, e in zip(grads("xla"), grads("einsum")):
     np.testing.assert_allclose(a, e, atol=1e-5, rtol=1e-4)
 
 
@@ -82,8 +82,8 @@ def test_one_query_rows_equal_the_block_path(kv_heads, per_head_scale, dtype):
 def test_model_logits_and_gradients_agree(overrides):
   cfg = tiny_config(**overrides)
   model, variables = init_model(cfg)
-  other = brt.BlockRecurrentTransformer(
-      dataclasses.replace(cfg, attention_impl="dot_product_attention"))
+  other = brt.BlockRecurrentTransformer(cfg,
+                                       brt.ExecutionConfig(attention="xla"))
   w = cfg.block_width
   tokens = random_tokens(4, 2, 4 * w)
   # A carry from an earlier segment, with one row starting a new document,
@@ -111,5 +111,30 @@ def test_model_logits_and_gradients_agree(overrides):
 
 
 def test_unknown_kernel_is_rejected():
-  with pytest.raises(ValueError, match="attention_impl='flash' is not one of"):
-    tiny_config(attention_impl="flash")
+  with pytest.raises(ValueError, match="attention='flash' is not one of"):
+    brt.ExecutionConfig(attention="flash")
+
+
+def test_auto_takes_cudnn_on_gpus_with_16_bit_activations_only():
+  kernel = lambda dtype, backend: brt.ExecutionConfig().attention_kernel(
+      tiny_config(dtype=dtype), backend)
+  assert kernel("bfloat16", "gpu") == "cudnn"
+  assert kernel("float32", "gpu") == "einsum"
+  assert kernel("bfloat16", "cpu") == kernel("bfloat16", "tpu") == "einsum"
+  assert brt.ExecutionConfig(attention="xla").attention_kernel(
+      tiny_config(), "gpu") == "xla"
+
+
+def test_a_kernel_that_cannot_run_falls_back_only_when_asked():
+  """Here cuDNN cannot run (no GPU, or shapes it refuses on one): jax says
+  so while tracing; "auto" then takes the einsum, a chosen kernel raises."""
+  rng = np.random.RandomState(0)
+  q, k, v = (jnp.asarray(rng.randn(2, 4, 2, 8), jnp.bfloat16)
+             for _ in range(3))
+  want = attention.attend(q, k, v, scale=0.3)
+  got = attention.attend(q, k, v, scale=0.3, impl="cudnn", fallback=True)
+  np.testing.assert_array_equal(np.asarray(got, np.float32),
+                                np.asarray(want, np.float32))
+  if jax.default_backend() != "gpu":
+    with pytest.raises(RuntimeError, match="cuDNN"):
+      attention.attend(q, k, v, scale=0.3, impl="cudnn")

@@ -1,7 +1,5 @@
 """A segment computed layer by layer equals the same segment computed block
-by block (ModelConfig.layer_major), values and gradients."""
-
-import dataclasses
+by block (ExecutionConfig.layer_major), values and gradients."""
 
 import jax
 import jax.numpy as jnp
@@ -22,11 +20,11 @@ LAYER_MAJOR_VARIANTS = {
 }
 
 
-def _two_segments(cfg, variables, tokens, resets):
+def _two_segments(cfg, variables, tokens, resets, execution):
   """Loss, logits and carries of two segments, the second with row resets
   (start of a document in row 1; carry dropout's resets in row 0), and the
   gradient of the loss."""
-  model = brt.BlockRecurrentTransformer(cfg)
+  model = brt.BlockRecurrentTransformer(cfg, execution)
 
   def run(variables):
     carry = model.initial_carry(tokens[0].shape[0])
@@ -44,17 +42,17 @@ def _two_segments(cfg, variables, tokens, resets):
 
 @pytest.mark.parametrize("name", sorted(LAYER_MAJOR_VARIANTS))
 def test_layer_major_equals_block_major(name):
-  cfg = tiny_config(num_layers=3, layer_major=True,
-                    **LAYER_MAJOR_VARIANTS[name])
+  cfg = tiny_config(num_layers=3, **LAYER_MAJOR_VARIANTS[name])
   _, variables = init_model(cfg)
   w = cfg.block_width
   tokens = [random_tokens(1, 2, 3 * w), random_tokens(2, 2, 3 * w)]
   resets = [dict(), dict(start_of_sequence=jnp.array([False, True]),
                         reset_cache=jnp.array([True, False]),
                         reset_state=jnp.array([True, False]))]
-  (loss_l, out_l), grad_l = _two_segments(cfg, variables, tokens, resets)
-  block_cfg = dataclasses.replace(cfg, layer_major=False)
-  (loss_b, out_b), grad_b = _two_segments(block_cfg, variables, tokens, resets)
+  (loss_l, out_l), grad_l = _two_segments(
+      cfg, variables, tokens, resets, brt.ExecutionConfig(layer_major=True))
+  (loss_b, out_b), grad_b = _two_segments(
+      cfg, variables, tokens, resets, brt.ExecutionConfig(layer_major=False))
   np.testing.assert_allclose(loss_l, loss_b, rtol=1e-5)
   for got, want in zip(jax.tree_util.tree_leaves((out_l, grad_l)),
                        jax.tree_util.tree_leaves((out_b, grad_b))):
@@ -69,23 +67,34 @@ def test_layer_major_equals_block_major(name):
     assert np.abs(np.asarray(state_grads["q_state"]["kernel"])).max() > 1e-4
 
 
-@pytest.mark.parametrize("overrides, reason", [
-    (dict(recurrent_layers=(1,), feedback=True), "feedback"),
-    (dict(memory_tokens=2), "memory tokens"),
-    (dict(compressed_mem_factor=2), "compressed memory"),
-    (dict(remat=True), "remat"),
+@pytest.mark.parametrize("overrides, execution, reason", [
+    (dict(recurrent_layers=(1,), feedback=True), {}, "feedback"),
+    (dict(memory_tokens=2), {}, "memory tokens"),
+    (dict(compressed_mem_factor=2), {}, "compressed memory"),
+    ({}, dict(remat="full"), "remat"),
+    ({}, dict(remat="dots_saveable"), "remat"),
 ])
-def test_layer_major_is_refused_where_blocks_depend_on_more(overrides, reason):
+def test_layer_major_is_refused_where_blocks_depend_on_more(
+    overrides, execution, reason):
+  cfg = tiny_config(multi_query=True, **overrides)
   with pytest.raises(ValueError, match=reason):
-    tiny_config(layer_major=True, **overrides)
-  assert not tiny_config(layer_major=None, multi_query=True,
-                         **overrides).runs_layer_major
+    brt.ExecutionConfig(layer_major=True, **execution).check(cfg)
+  for backend in ("cpu", "gpu", "tpu"):
+    assert not brt.ExecutionConfig(**execution).runs_layer_major(cfg, backend)
 
 
-def test_automatic_order_runs_layer_major_unless_float32_per_head_kv():
-  assert tiny_config(multi_query=True).runs_layer_major
-  assert tiny_config(multi_query=True, recurrent_layers=(1,)).runs_layer_major
-  assert tiny_config(dtype="bfloat16").runs_layer_major
-  assert not tiny_config().runs_layer_major  # A key/value head per head.
-  assert tiny_config(layer_major=True).runs_layer_major
-  assert not tiny_config(multi_query=True, layer_major=False).runs_layer_major
+def test_automatic_order_on_cpu_runs_layer_major_unless_float32_per_head_kv():
+  auto = lambda cfg: brt.ExecutionConfig().runs_layer_major(cfg, "cpu")
+  assert auto(tiny_config(multi_query=True))
+  assert auto(tiny_config(multi_query=True, recurrent_layers=(1,)))
+  assert auto(tiny_config(dtype="bfloat16"))
+  assert not auto(tiny_config())  # A key/value head per head.
+  assert brt.ExecutionConfig(layer_major=True).runs_layer_major(tiny_config())
+  assert not brt.ExecutionConfig(layer_major=False).runs_layer_major(
+      tiny_config(multi_query=True))
+
+
+def test_automatic_order_on_accelerators_runs_layer_major_where_possible():
+  for backend in ("gpu", "tpu"):
+    for cfg in (tiny_config(), tiny_config(recurrent_layers=(1,))):
+      assert brt.ExecutionConfig().runs_layer_major(cfg, backend)

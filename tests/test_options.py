@@ -93,22 +93,30 @@ def test_dropout_is_off_by_default_and_reproducible_when_on():
   assert np.abs(np.asarray(run(1) - base)).max() > 1e-3
 
 
-def test_remat_changes_nothing_but_memory():
+@pytest.mark.parametrize("remat", ["full", "dots_saveable"])
+def test_remat_changes_nothing_but_memory(remat):
   cfg = tiny_config(recurrent_layers=(1,), gate="lstm")
   model, variables = init_model(cfg)
-  remat = brt.BlockRecurrentTransformer(tiny_config(recurrent_layers=(1,),
-                                                    gate="lstm", remat=True))
+  rematted = brt.BlockRecurrentTransformer(cfg,
+                                           brt.ExecutionConfig(remat=remat))
   tokens = random_tokens(1, 2, 12)
 
   def loss(m, params):
     logits, _ = m.apply({"params": params}, tokens, m.initial_carry(2))
     return jnp.mean(logits ** 2)
 
-  l1, g1 = jax.jit(jax.value_and_grad(lambda p: loss(model, p)))(variables["params"])
-  l2, g2 = jax.jit(jax.value_and_grad(lambda p: loss(remat, p)))(variables["params"])
+  grad = lambda m: jax.value_and_grad(lambda p: loss(m, p))
+  l1, g1 = jax.jit(grad(model))(variables["params"])
+  l2, g2 = jax.jit(grad(rematted))(variables["params"])
   np.testing.assert_allclose(l1, l2, rtol=1e-6)
   for a, b in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g2)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  # The block step is rematerialised (jax's remat primitive), with the policy.
+  jaxpr = str(jax.make_jaxpr(grad(rematted))(variables["params"]))
+  assert "remat2[" in jaxpr
+  assert "remat2[" not in str(jax.make_jaxpr(grad(model))(
+      variables["params"]))
+  assert ("policy=None" in jaxpr) == (remat == "full")
 
 
 def test_bfloat16_activations_keep_float32_parameters():
@@ -138,14 +146,16 @@ def test_bfloat16_model_keeps_the_position_bias_in_float32():
   assert window["bias"].dtype == jnp.float32
 
 
-def test_bfloat16_gradients_track_float32_gradients():
-  """The mixed-precision backward (bf16 products accumulated in float32,
-  brt/linear.py) gives float32 gradients pointing where the float32 model's
-  do, for every parameter."""
+@pytest.mark.parametrize("products", ["plain", "xla_cpu"])
+def test_bfloat16_gradients_track_float32_gradients(products):
+  """The mixed-precision backward (bf16 products; brt/xla_cpu.py accumulates
+  them in float32) gives float32 gradients pointing where the float32
+  model's do, for every parameter."""
   cfg32 = tiny_config(recurrent_layers=(1,))
   model, variables = init_model(cfg32)
   model16 = brt.BlockRecurrentTransformer(
-      tiny_config(recurrent_layers=(1,), dtype="bfloat16"))
+      tiny_config(recurrent_layers=(1,), dtype="bfloat16"),
+      brt.ExecutionConfig(products=products))
   tokens = random_tokens(4, 2, 17)
 
   def grads(m):
@@ -196,12 +206,12 @@ def test_bias_free_model_is_the_biased_model_with_zero_biases():
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_mlp_recomputes_its_activation_instead_of_storing_it(dtype):
-  """The backward pass keeps two hidden-sized arrays of the MLP (the
-  activation's input, and its output for wo's weight gradient), not the
-  intermediates of GELU's formula; the gradients are those of the plain
-  formula."""
+  """With the XLA:CPU products, the backward pass keeps two hidden-sized
+  arrays of the MLP (the activation's input, and its output for wo's weight
+  gradient), not the intermediates of GELU's formula; the gradients are
+  those of the plain formula."""
   cfg = tiny_config(dtype=dtype, mlp_activation="gelu", use_bias=True)
-  mlp = layers.Mlp(cfg)
+  mlp = layers.Mlp(cfg, products="xla_cpu")
   x = jnp.asarray(np.random.RandomState(6).randn(3, cfg.d_model), jnp.float32)
   params = nn.meta.unbox(mlp.init(jax.random.PRNGKey(0), x))
   _, vjp = jax.vjp(lambda p, x: mlp.apply(p, x)[1], params, x)

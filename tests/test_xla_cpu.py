@@ -1,4 +1,5 @@
-"""brt/linear.py: the dense layer and the mixed-precision products."""
+"""brt/xla_cpu.py: the products tuned to XLA:CPU, and brt/xla_cpu.py's dense
+layer and norms on both product paths."""
 
 import flax.linen as nn
 import jax
@@ -7,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from brt import layers, linear
+from brt import linear, xla_cpu
 
 # The products brt takes: attention logits and outputs (plain, grouped and
 # multi-query heads), and dense layers: one 2-D product in float32; in 16-bit
@@ -38,7 +39,7 @@ def test_transposed_specs_give_jax_gradients(spec):
   a, b = _bf16_exact(a_shape, 0), _bf16_exact(b_shape, 1)
   out, vjp = jax.vjp(lambda a, b: jnp.einsum(spec, a, b), a, b)
   g = _bf16_exact(out.shape, 2)
-  spec_a, spec_b = linear.transposed_specs(spec)
+  spec_a, spec_b = xla_cpu.transposed_specs(spec)
   da, db = vjp(g)
   np.testing.assert_allclose(jnp.einsum(spec_a, g, b), da, rtol=1e-5,
                              atol=1e-5)
@@ -49,7 +50,7 @@ def test_transposed_specs_give_jax_gradients(spec):
 @pytest.mark.parametrize("spec", ["ab,bc->a", "aa,ab->b", "ab,cd->ad"])
 def test_unsupported_specs_are_refused(spec):
   with pytest.raises(ValueError, match="brt's einsum"):
-    linear.transposed_specs(spec)
+    xla_cpu.transposed_specs(spec)
 
 
 @pytest.mark.parametrize("spec", sorted(SPECS))
@@ -61,7 +62,7 @@ def test_mixed_einsum_equals_float32_product_and_gradients(spec):
   a, b = _bf16_exact(a_shape, 3), _bf16_exact(b_shape, 4)
   want, want_vjp = jax.vjp(lambda a, b: jnp.einsum(spec, a, b), a, b)
   got, got_vjp = jax.vjp(
-      lambda a, b: linear.einsum(spec, a, b, jnp.bfloat16,
+      lambda a, b: xla_cpu.einsum(spec, a, b, jnp.bfloat16,
                                  out_dtype=jnp.float32), a, b)
   assert got.dtype == jnp.float32
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
@@ -86,7 +87,7 @@ def test_mixed_backward_products_take_bf16_and_accumulate_in_float32():
   cotangent; the custom VJP keeps all three products bf16 x bf16 -> f32."""
   spec = "abc,cdef->abdef"
   a, b = _bf16_exact(SPECS[spec][0], 6), _bf16_exact(SPECS[spec][1], 7)
-  loss = lambda a, b: jnp.sum(linear.einsum(spec, a, b, jnp.bfloat16) ** 2)
+  loss = lambda a, b: jnp.sum(xla_cpu.einsum(spec, a, b, jnp.bfloat16) ** 2)
   jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(a, b).jaxpr
   dots = _dot_generals(jaxpr)
   assert len(dots) == 3
@@ -108,7 +109,7 @@ def test_scanned_residuals_are_not_converted_to_float32_in_full():
 
   def loss(x0, ws):
     def body(x, w):
-      y = linear.einsum("ab,bc->ac", x, w, jnp.bfloat16)
+      y = xla_cpu.einsum("ab,bc->ac", x, w, jnp.bfloat16)
       return y.astype(jnp.float32), None
     return jnp.sum(jax.lax.scan(body, x0, ws)[0] ** 2)
 
@@ -135,7 +136,7 @@ def test_float32_einsum_and_gradients_are_jnp_einsums(spec):
   a, b = (jnp.asarray(rng.randn(*s), jnp.float32) for s in (a_shape, b_shape))
   want, want_vjp = jax.vjp(lambda a, b: jnp.einsum(spec, a, b), a, b)
   got, got_vjp = jax.vjp(
-      lambda a, b: linear.einsum(spec, a, b, jnp.float32), a, b)
+      lambda a, b: xla_cpu.einsum(spec, a, b, jnp.float32), a, b)
   np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
   g = jnp.asarray(rng.randn(*want.shape), jnp.float32)
   for got_grad, want_grad in zip(got_vjp(g), want_vjp(g)):
@@ -145,19 +146,19 @@ def test_float32_einsum_and_gradients_are_jnp_einsums(spec):
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_backward_product_taken_the_other_way_round_is_the_same_product(dtype):
   """dV = W^T dO with the weights (a) much larger than the values (b): on
-  CPU it is computed as (dO^T W)^T, which transposes less (see linear.py)."""
+  CPU it is computed as (dO^T W)^T, which transposes less (see xla_cpu.py)."""
   spec = "bqhk,bqhd->bkd"
   a, b = _bf16_exact((2, 6, 4, 16), 10), _bf16_exact((2, 6, 4, 3), 11)
-  got = linear._backward_product(spec, a.astype(dtype), b.astype(dtype),  # pylint: disable=protected-access
+  got = xla_cpu._backward_product(spec, a.astype(dtype), b.astype(dtype),  # pylint: disable=protected-access
                                  jnp.float32)
   np.testing.assert_allclose(got, jnp.einsum(spec, a, b), rtol=1e-5,
                              atol=1e-5)
-  jaxpr = jax.make_jaxpr(lambda a, b: linear._backward_product(  # pylint: disable=protected-access
+  jaxpr = jax.make_jaxpr(lambda a, b: xla_cpu._backward_product(  # pylint: disable=protected-access
       spec, a, b, jnp.float32))(a, b)
   swapped = "optimization_barrier" in str(jaxpr)
   assert swapped == (jax.default_backend() == "cpu")
   # Swapping would transpose more here: the product is left as it is.
-  jaxpr = jax.make_jaxpr(lambda a, b: linear._backward_product(  # pylint: disable=protected-access
+  jaxpr = jax.make_jaxpr(lambda a, b: xla_cpu._backward_product(  # pylint: disable=protected-access
       spec, a, b, jnp.float32))(b.reshape(2, 6, 4, 3), a)
   assert "optimization_barrier" not in str(jaxpr)
 
@@ -168,7 +169,7 @@ def test_float32_dense_layer_is_one_two_dimensional_product():
   the weight gradient is a plain (fan-in, rows) x (rows, fan-out) product."""
   x = jnp.ones((2, 5, 2, 3, 8))
   kernel = jnp.ones((2, 3, 8, 16))
-  loss = lambda x, k: jnp.sum(linear.contract(x, k, 3, jnp.float32) ** 2)
+  loss = lambda x, k: jnp.sum(xla_cpu.contract(x, k, 3, jnp.float32) ** 2)
   jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(x, kernel).jaxpr
   dots = _dot_generals(jaxpr)
   assert len(dots) == 3
@@ -176,17 +177,20 @@ def test_float32_dense_layer_is_one_two_dimensional_product():
     assert [v.aval.ndim for v in eqn.invars] == [2, 2], eqn
 
 
+@pytest.mark.parametrize("products", ["plain", "xla_cpu"])
 @pytest.mark.parametrize("features,num_axes,x_shape", [
     (16, 1, (2, 5, 8)),
     ((2, 3, 4), 1, (2, 5, 8)),
     (8, 3, (2, 5, 2, 3, 4)),
 ])
-def test_dense_matches_flax_dense_general(features, num_axes, x_shape):
+def test_dense_matches_flax_dense_general(features, num_axes, x_shape,
+                                          products):
   """Same parameters from the same key (names, shapes, values) and the same
   outputs as flax's DenseGeneral, so checkpoints carry over."""
   x = jnp.asarray(np.random.RandomState(0).randn(*x_shape), jnp.float32)
   ours = linear.Dense(features, ("a",) * (num_axes + (
-      1 if isinstance(features, int) else len(features))), num_axes=num_axes)
+      1 if isinstance(features, int) else len(features))), num_axes=num_axes,
+                       products=products)
   flax_dense = nn.DenseGeneral(features, axis=tuple(range(-num_axes, 0)))
   key = jax.random.PRNGKey(0)
   ours_params = nn.meta.unbox(ours.init(key, x))
@@ -197,15 +201,15 @@ def test_dense_matches_flax_dense_general(features, num_axes, x_shape):
   params = jax.tree_util.tree_map(lambda p: p + 0.5, flax_params)
   np.testing.assert_allclose(ours.apply(params, x),
                              flax_dense.apply(params, x), rtol=1e-6, atol=1e-6)
-  # And the same gradients (brt's backward pass is its own, see linear.py).
+  # And the same gradients (brt's backward pass is its own, see xla_cpu.py).
   grads = [jax.grad(lambda p, x: jnp.sum(jnp.sin(m.apply(p, x))), (0, 1))(
       params, x) for m in (ours, flax_dense)]
   for a, b in zip(*(jax.tree_util.tree_leaves(g) for g in grads)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("op, plain", [(linear.add_bias, jnp.add),
-                                       (linear.multiply, jnp.multiply)])
+@pytest.mark.parametrize("op, plain", [(xla_cpu.add_bias, jnp.add),
+                                       (xla_cpu.multiply, jnp.multiply)])
 @pytest.mark.parametrize("x_shape, p_shape, dtype", [
     ((3, 5, 8), (8,), jnp.float32),            # A dense layer's bias.
     ((6, 4, 5, 7), (1, 4, 5, 7), jnp.float32),  # The attention's bias.
@@ -232,20 +236,24 @@ def test_broadcast_parameters_give_jax_values_and_gradients(
 
 
 def test_bias_gradient_is_a_product_not_a_reduction():
-  """XLA:CPU reduced over the rows at a few bytes per cycle (see linear.py)."""
+  """XLA:CPU reduced over the rows at a few bytes per cycle (see xla_cpu.py)."""
   x, bias = jnp.ones((4, 6, 8)), jnp.ones((8,))
-  bias_grad = lambda x, b, g: jax.vjp(linear.add_bias, x, b)[1](g)[1]
+  bias_grad = lambda x, b, g: jax.vjp(xla_cpu.add_bias, x, b)[1](g)[1]
   jaxpr = jax.make_jaxpr(bias_grad)(x, bias, x).jaxpr
   assert len(_dot_generals(jaxpr)) == 1
   assert "reduce_sum" not in str(jaxpr)
 
 
-@pytest.mark.parametrize("use_bias", [True, False])
-def test_layer_norm_matches_flax_layer_norm(use_bias):
-  """Same parameters, values and gradients as flax's LayerNorm."""
+@pytest.mark.parametrize("products", ["plain", "xla_cpu"])
+@pytest.mark.parametrize("use_mean, use_bias", [(True, True), (True, False),
+                                                (False, False)])
+def test_norms_match_flax_norms(use_mean, use_bias, products):
+  """Same parameters, values and gradients as flax's LayerNorm (with a mean)
+  or RMSNorm (without), on both product paths."""
   x = jnp.asarray(np.random.RandomState(0).randn(3, 5, 16) * 2 + 1, jnp.float32)
-  ours = layers.LayerNorm(use_bias=use_bias)
-  theirs = nn.LayerNorm(use_bias=use_bias)
+  ours = linear.norm(use_mean=use_mean, use_bias=use_bias, products=products)
+  theirs = (nn.LayerNorm(use_bias=use_bias) if use_mean
+            else nn.RMSNorm(epsilon=1e-6))
   params = nn.meta.unbox(ours.init(jax.random.PRNGKey(0), x))
   jax.tree_util.tree_map(np.testing.assert_array_equal, params,
                          theirs.init(jax.random.PRNGKey(0), x))
