@@ -12,11 +12,13 @@
 #
 #   bash scripts/ablate_paper_model.sh            # 300 steps, seeds 0 1
 #   STEPS=2000 SEEDS="0 1 2 3" bash scripts/ablate_paper_model.sh
+#   ABLATIONS="no_qk_norm gate_from_2" bash scripts/ablate_paper_model.sh
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 steps="${STEPS:-300}"
 read -r -a seeds <<< "${SEEDS:-0 1}"
+only=" ${ABLATIONS:-} "  # names to run (default: every one below)
 base="workdirs/paper${steps}"
 out="workdirs/ablate${steps}"
 py=.venv/bin/python
@@ -42,6 +44,7 @@ echo "== the paper's model (baseline, $base) =="
 reproduce --variants xl rec_fixed_skip --withhold_state --out "$base"
 while IFS='|' read -r name variants bindings; do
   [[ -z "$name" ]] && continue
+  [[ "$only" != "  " && "$only" != *" $name "* ]] && continue
   echo "== $name: $bindings =="
   gin_args=()
   IFS=';' read -r -a lines <<< "$bindings"
