@@ -119,22 +119,27 @@ class Experiment:
     finally:
       trainer.close()
 
-  def _restored(self, verbose: bool = True):
+  def _restored(self, verbose: bool = True, step: Optional[int] = None):
     trainer = self.trainer(verbose)
-    if trainer.checkpointer.latest_step() is None:
+    try:
+      if trainer.checkpointer.latest_step() is None:
+        raise FileNotFoundError(
+            f"No checkpoint in {trainer.checkpointer.directory}: train first "
+            "(--mode=train) or point --workdir at a trained run.")
+      return trainer, trainer.restore_or_init(step=step)
+    except BaseException:
       trainer.close()
-      raise FileNotFoundError(
-          f"No checkpoint in {trainer.checkpointer.directory}: train first "
-          "(--mode=train) or point --workdir at a trained run.")
-    return trainer, trainer.restore_or_init()
+      raise
 
-  def evaluate(self, split: Optional[str] = None, plot: bool = True) -> dict:
-    """Whole-document evaluation of the latest checkpoint on a split; writes
+  def evaluate(self, split: Optional[str] = None, plot: bool = True,
+               checkpoint_step: Optional[int] = None) -> dict:
+    """Whole-document evaluation on a split of the newest checkpoint that
+    verifies (or of `checkpoint_step`); writes
     eval_<split>_<step>.json (..._state_withheld.json with
     TrainConfig.eval_withhold_state) and a loss-by-position PNG to the
     workdir; the returned dict has the file's path under "path"."""
     split = split or self.data_config.eval_split
-    trainer, state = self._restored()
+    trainer, state = self._restored(step=checkpoint_step)
     try:
       step = int(state.step)
       result = trainer.evaluate(state.params, self.eval_batches(split), step)
@@ -155,14 +160,16 @@ class Experiment:
     return out
 
   def generate(self, prompt: str, num_tokens: int,
-               sampling: SamplingConfig = SamplingConfig(), seed: int = 0
-               ) -> str:
-    """Continues `prompt` with the latest checkpoint; returns the new text."""
+               sampling: SamplingConfig = SamplingConfig(), seed: int = 0,
+               checkpoint_step: Optional[int] = None) -> str:
+    """Continues `prompt` with the newest checkpoint that verifies (or
+    `checkpoint_step`); returns the new text."""
     vocab = self.vocabulary
     if not prompt:
       raise ValueError("The prompt is empty: give --prompt or --prompt_file "
                        "with some text to continue.")
-    trainer, state = self._restored(verbose=False)  # stdout: the text only
+    # stdout: the text only.
+    trainer, state = self._restored(verbose=False, step=checkpoint_step)
     trainer.close()
     tokens = np.asarray([vocab.encode(prompt)], np.int32)
     sampler = Sampler(trainer.model, {"params": state.params})

@@ -38,6 +38,9 @@ _JAX_DISTRIBUTED = flags.DEFINE_bool(
     "Call jax.distributed.initialize() first (multi-host GPU/TPU runs).")
 _EVAL_SPLIT = flags.DEFINE_string(
     "eval_split", None, "eval mode: the split (default DataConfig.eval_split).")
+_CHECKPOINT_STEP = flags.DEFINE_integer(
+    "checkpoint_step", None, "eval and generate modes: the checkpoint to use "
+    "(default: the newest one that verifies).")
 _PROMPT = flags.DEFINE_string("prompt", None, "generate mode: text to continue.")
 _PROMPT_FILE = flags.DEFINE_string(
     "prompt_file", None, "generate mode: a file whose text to continue.")
@@ -68,6 +71,10 @@ def run(argv) -> None:
   from brt.sampling import SamplingConfig
 
   mode, workdir = _MODE.value, _WORKDIR.value
+  if _CHECKPOINT_STEP.value is not None and mode not in ("eval", "generate"):
+    raise ValueError(
+        "--checkpoint_step is for --mode=eval and --mode=generate; training "
+        "resumes from the workdir's newest checkpoint.")
   gin_files = list(_GIN_FILE.value)
   if not gin_files and mode in ("eval", "generate"):
     saved = os.path.join(workdir, CONFIG_FILE)
@@ -83,7 +90,8 @@ def run(argv) -> None:
   if mode.startswith("train"):
     exp.train(with_eval=mode == "train_and_eval")
   elif mode == "eval":
-    out = exp.evaluate(_EVAL_SPLIT.value)
+    out = exp.evaluate(_EVAL_SPLIT.value,
+                       checkpoint_step=_CHECKPOINT_STEP.value)
     print(f"wrote {out['path']}")
   else:
     prompt = _PROMPT.value
@@ -94,18 +102,20 @@ def run(argv) -> None:
                               top_k=_TOP_K.value, top_p=_TOP_P.value,
                               stop_token=exp.vocabulary.eos_id)
     text = exp.generate(prompt or "", _NUM_TOKENS.value, sampling,
-                        seed=_SEED.value)
+                        seed=_SEED.value,
+                        checkpoint_step=_CHECKPOINT_STEP.value)
     print(prompt + text)
 
 
 def main(argv) -> None:
-  from brt.checkpoints import IncompatibleCheckpointError
+  from brt.checkpoints import (DamagedCheckpointError,
+                               IncompatibleCheckpointError)
   from brt.configurables import GinConfigError
   from brt.trainer import NonFiniteLossError
   try:
     run(argv)
-  except (GinConfigError, IncompatibleCheckpointError, NonFiniteLossError,
-          FileNotFoundError, ValueError) as e:
+  except (GinConfigError, IncompatibleCheckpointError, DamagedCheckpointError,
+          NonFiniteLossError, FileNotFoundError, ValueError) as e:
     if _TRACEBACK.value:
       raise
     print(f"error: {e}", file=sys.stderr)

@@ -227,18 +227,28 @@ class Trainer:
     init = jax.jit(self._init_fn, out_shardings=self._shardings)
     return init(jax.random.PRNGKey(self.config.seed))
 
-  def restore_or_init(self, train_batches=None) -> TrainState:
-    """The latest checkpoint's state (and data position), or a fresh one."""
-    if self.checkpointer.latest_step() is None:
+  def restore_or_init(self, train_batches=None,
+                      step: Optional[int] = None) -> TrainState:
+    """The newest checkpoint that verifies (or checkpoint `step`), with the
+    data position restored into `train_batches`; a fresh state if the
+    workdir has no checkpoint. Training (`train_batches` given) moves
+    damaged newer checkpoints aside so that it can save those steps again."""
+    if step is None and self.checkpointer.latest_step() is None:
       return self.init_state()
     state, data_state, step = self.checkpointer.restore(
-        self.abstract_state(), self.model_config)
+        self.abstract_state(), self.model_config, step,
+        set_aside_damaged=train_batches is not None)
     if train_batches is not None and data_state:
       # (A checkpoint written outside training -- converted weights, see
       # brt/meliad.py -- has no data position: the data starts afresh.)
       train_batches.set_state(data_state)
     self._print(f"Restored step {step} from {self.checkpointer.directory}")
     return state
+
+  def last_good_step(self) -> Optional[int]:
+    """The newest checkpoint that verifies (restored to check: slow)."""
+    return self.checkpointer.latest_intact_step(self.abstract_state(),
+                                                self.model_config)
 
   # -- the loop --------------------------------------------------------------------
   def train(self, train_batches: Iterator[Mapping[str, np.ndarray]],
@@ -292,14 +302,12 @@ class Trainer:
                                   self.mesh)
 
   def _save(self, step, state, meter, train_batches):
-    meter.check_finite(self.checkpointer.latest_step(),
-                       self.checkpointer.directory)
+    meter.check_finite(self.last_good_step, self.checkpointer.directory)
     self.checkpointer.save(step, state, train_batches.get_state(),
                            self.model_config)
 
   def _log_train(self, step, meter, last):
-    meter.check_finite(self.checkpointer.latest_step(),
-                       self.checkpointer.directory)
+    meter.check_finite(self.last_good_step, self.checkpointer.directory)
     record = meter.summary(step, last, self.config.batch_size
                            * self.config.segment_length)
     record["learning_rate"] = float(self.schedule(step - 1))
@@ -380,11 +388,13 @@ class _Meter:
     began, first = self._interval_start
     self._interval_start = (began + seconds, first)
 
-  def check_finite(self, last_checkpoint, directory):
-    """Fetches pending metrics; raises if any loss or gradient is not finite."""
+  def check_finite(self, last_good: Callable[[], Optional[int]], directory):
+    """Fetches pending metrics; raises if any loss or gradient is not finite.
+    `last_good` gives the newest checkpoint that verifies (asked only then)."""
     for step, m in jax.device_get(self._pending):
       loss, grad_norm = float(m["loss"]), float(m["grad_norm"])
       if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+        last_checkpoint = last_good()
         where = ("no checkpoint was saved yet" if last_checkpoint is None else
                  f"the last good checkpoint is step {last_checkpoint} in "
                  f"{directory}")

@@ -4,6 +4,7 @@ Covers gin files end to end (train, eval, generate), bad bindings, and runs
 stopped by SIGTERM or killed with SIGKILL that resume exactly.
 """
 
+import glob
 import json
 import os
 import signal
@@ -141,6 +142,32 @@ def test_train_eval_generate_from_gin_files(tmp_path, corpus):
   out = run(workdir, "--mode=generate", "--prompt=the king", "--num_tokens=20",
             "--temperature=0")
   assert out.stdout.startswith("the king")
+
+  # A chosen checkpoint; one that does not exist is a clear error.
+  run(workdir, "--mode=eval", "--eval_split=test", "--checkpoint_step=2")
+  earlier = json.loads((workdir / "eval_test_2.json").read_text())
+  assert earlier["step"] == 2
+  assert earlier["metrics"]["bits_per_token"] != report["metrics"][
+      "bits_per_token"]
+  out = run(workdir, "--mode=generate", "--prompt=the", "--checkpoint_step=3",
+            check=False)
+  assert out.returncode == 1 and "Traceback" not in out.stderr
+  assert "No checkpoint of step 3" in out.stderr and "[2, 4]" in out.stderr
+
+  # The latest checkpoint's arrays damaged: eval says so and falls back to
+  # step 2, whose numbers it reports; asked for by step, it refuses.
+  for path in glob.glob(str(workdir / "checkpoints" / "4" / "state" / "**"
+                            / "d" / "*"), recursive=True):
+    with open(path, "r+b") as f:
+      f.truncate(os.path.getsize(path) // 2)
+  os.remove(workdir / "eval_test_2.json")
+  out = run(workdir, "--mode=eval", "--eval_split=test")
+  assert "passing over damaged step(s) [4]" in out.stdout
+  again = json.loads((workdir / "eval_test_2.json").read_text())
+  assert again["metrics"] == earlier["metrics"]
+  out = run(workdir, "--mode=eval", "--checkpoint_step=4", check=False)
+  assert out.returncode == 1 and "Traceback" not in out.stderr
+  assert "checkpoints/4 is damaged" in out.stderr
 
 
 def test_bad_gin_binding_fails_with_the_nearest_names(tmp_path, corpus):
