@@ -40,6 +40,9 @@ RUNTIME_ONLY_FIELDS = ("dropout_rate", "attention_dropout_rate")
 
 # Bumped when the integrity record's layout changes.
 INTEGRITY_VERSION = 1
+# How the train state's parameters are named in the integrity record (the
+# TrainState field, as jax.tree_util.keystr writes it).
+PARAMS = ".params"
 
 
 class IncompatibleCheckpointError(ValueError):
@@ -54,10 +57,12 @@ class Checkpointer:
   """Saves and restores (train state, data position) in `directory`."""
 
   def __init__(self, directory: str, *, keep: int = 3,
-               asynchronous: bool = True):
+               asynchronous: bool = True, create: bool = True):
     self.directory = os.path.abspath(directory)
+    if not create and not os.path.isdir(self.directory):
+      raise FileNotFoundError(f"No checkpoint directory {self.directory}.")
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=True,
+        max_to_keep=keep, create=create,
         enable_async_checkpointing=asynchronous)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
@@ -140,8 +145,36 @@ class Checkpointer:
         continue
     return None
 
-  def _restore_verified(self, target, model_config, step):
+  def restore_params(self, target: Any, model_config: ModelConfig,
+                     step: Optional[int] = None) -> tuple[Any, int]:
+    """The parameters alone (onto `target`, the abstract parameters) of
+    checkpoint `step`, or of the newest one whose parameters verify; for
+    starting another run from them (TrainConfig.init_from)."""
+    self.wait()
+    steps = [step] if step is not None else sorted(self.all_steps(),
+                                                   reverse=True)
+    if step is not None and step not in self.all_steps():
+      raise FileNotFoundError(
+          f"No checkpoint of step {step} in {self.directory}; it holds "
+          f"steps {self.all_steps() or 'none'}.")
+    if not steps:
+      raise FileNotFoundError(f"No checkpoint in {self.directory}.")
+    for candidate in steps:
+      try:
+        params, _ = self._restore_verified(target, model_config, candidate,
+                                           params_only=True)
+        return params, candidate
+      except DamagedCheckpointError as e:
+        if step is not None:
+          raise
+        print(f"warning: {e}", flush=True)
+    raise DamagedCheckpointError(
+        f"Every checkpoint in {self.directory} is damaged (steps {steps}; "
+        "see the warnings above).")
+
+  def _restore_verified(self, target, model_config, step, params_only=False):
     where = f"{self.directory}/{step}"
+    prefix = PARAMS if params_only else ""
     try:
       saved = self._manager.restore(step, args=ocp.args.Composite(
           config=ocp.args.JsonRestore(),
@@ -162,25 +195,35 @@ class Checkpointer:
       record = saved["integrity"]
     check_compatible(saved["config"], model_config, where)
     if record is not None:
-      check_shapes(record, target, where)
+      check_shapes(record, target, where, prefix)
     abstract = jax.tree_util.tree_map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
         target)
+    if params_only:  # orbax reads the parameters' arrays and no others.
+      item = {PARAMS[1:]: abstract}
+      args = ocp.args.Composite(state=ocp.args.PyTreeRestore(
+          item=item, partial_restore=True,
+          restore_args=jax.tree_util.tree_map(
+              lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), item)))
+    else:
+      args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                data=ocp.args.JsonRestore())
     try:
-      restored = self._manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract),
-          data=ocp.args.JsonRestore()))
+      restored = self._manager.restore(step, args=args)
     except Exception as e:  # Unreadable array or JSON files.
       _quiet_reads_left_in_flight()
       raise DamagedCheckpointError(
           f"The checkpoint {where} is damaged: its arrays could not be read "
           f"({type(e).__name__}: {_first_line(e)}).") from e
-    state, data = restored["state"], restored["data"]
+    if params_only:
+      state, data = restored["state"][PARAMS[1:]], None
+    else:
+      state, data = restored["state"], restored["data"]
     if record is None:
       logging.warning("The checkpoint %s has no integrity record (written by "
                       "an older brt); restored without verifying it.", where)
     else:
-      bad = verify(record, state, data, saved["config"])
+      bad = verify(record, state, data, saved["config"], prefix)
       if bad:
         raise DamagedCheckpointError(
             f"The checkpoint {where} is damaged: what its files hold differs "
@@ -202,6 +245,22 @@ class Checkpointer:
   def close(self):
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def locate(source: str) -> tuple[str, Optional[int]]:
+  """(checkpoint directory, step or None: the newest) of a run's workdir,
+  its checkpoints/ directory, or one checkpoint, WORKDIR/checkpoints/STEP."""
+  source = os.path.abspath(source)
+  name = os.path.basename(source)
+  if name.isdigit() and os.path.isdir(source):
+    return os.path.dirname(source), int(name)
+  if os.path.isdir(os.path.join(source, "checkpoints")):
+    return os.path.join(source, "checkpoints"), None
+  if os.path.isdir(source) and name == "checkpoints":
+    return source, None
+  raise FileNotFoundError(
+      f"{source} is neither a run's workdir (with a checkpoints/ directory) "
+      "nor one of its checkpoints (WORKDIR/checkpoints/STEP).")
 
 
 def check_compatible(saved: dict, config: ModelConfig, where: str) -> None:
@@ -230,14 +289,16 @@ def _norm(value):
 
 
 # -- integrity ------------------------------------------------------------------
-def integrity_record(state: Any, data_state: dict, config: dict) -> dict:
+def integrity_record(state: Any, data_state: Optional[dict], config: dict,
+                     prefix: str = "") -> dict:
   """What `verify` checks a restored checkpoint against: each array's shape,
-  dtype and fingerprint, and digests of the JSON items."""
+  dtype and fingerprint, and digests of the JSON items. `prefix` names the
+  arrays of a part of the train state (PARAMS: the parameters)."""
   leaves, _ = jax.tree_util.tree_flatten_with_path(state)
   prints = jax.device_get(_fingerprints([x for _, x in leaves]))
   return {
       "version": INTEGRITY_VERSION,
-      "arrays": {jax.tree_util.keystr(path): {
+      "arrays": {prefix + jax.tree_util.keystr(path): {
           "shape": list(x.shape), "dtype": str(x.dtype),
           "fingerprint": f"{int(a):08x}{int(b):08x}"}
                  for (path, x), (a, b) in zip(leaves, prints)},
@@ -245,26 +306,31 @@ def integrity_record(state: Any, data_state: dict, config: dict) -> dict:
       "config": _json_digest(config)}
 
 
-def verify(record: dict, state: Any, data_state: dict, config: dict
-           ) -> list[str]:
-  """The names of what differs between a restored checkpoint and its record
+def verify(record: dict, state: Any, data_state: Optional[dict], config: dict,
+           prefix: str = "") -> list[str]:
+  """The names of what differs between a restored checkpoint (or the part
+  of its train state under `prefix`, without the data item) and its record
   (empty: it verifies)."""
-  fresh = integrity_record(state, data_state, config)
+  fresh = integrity_record(state, data_state, config, prefix)
+  recorded = _under(record["arrays"], prefix)
   bad = [name for name, entry in fresh["arrays"].items()
-         if record["arrays"].get(name) != entry]
-  bad += sorted(set(record["arrays"]) - set(fresh["arrays"]))
-  bad += [f"the {k} item" for k in ("data", "config")
-          if record.get(k) != fresh[k]]
+         if recorded.get(name) != entry]
+  bad += sorted(set(recorded) - set(fresh["arrays"]))
+  items = ("config",) if data_state is None else ("data", "config")
+  bad += [f"the {k} item" for k in items if record.get(k) != fresh[k]]
   return bad
 
 
-def check_shapes(record: dict, target: Any, where: str) -> None:
+def check_shapes(record: dict, target: Any, where: str, prefix: str = ""
+                 ) -> None:
   """Raises IncompatibleCheckpointError, naming the arrays, if the
-  checkpoint's arrays have other shapes or dtypes than `target`'s."""
+  checkpoint's arrays (under `prefix`) have other shapes or dtypes than
+  `target`'s."""
   leaves, _ = jax.tree_util.tree_flatten_with_path(target)
-  want = {jax.tree_util.keystr(p): (list(x.shape), str(x.dtype))
+  want = {prefix + jax.tree_util.keystr(p): (list(x.shape), str(x.dtype))
           for p, x in leaves}
-  have = {k: (v["shape"], v["dtype"]) for k, v in record["arrays"].items()}
+  have = {k: (v["shape"], v["dtype"])
+          for k, v in _under(record["arrays"], prefix).items()}
   differ = [f"{k}: checkpoint {have.get(k)}, this run {want.get(k)}"
             for k in sorted(set(want) | set(have)) if have.get(k) != want.get(k)]
   if differ:
@@ -305,6 +371,11 @@ def _as_uint32(x):
     return jax.lax.bitcast_convert_type(x, jnp.uint32)
   unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[width]
   return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+
+
+def _under(arrays: dict, prefix: str) -> dict:
+  return {k: v for k, v in arrays.items()
+          if k.startswith(prefix + "[") or not prefix}
 
 
 def _json_digest(value) -> str:

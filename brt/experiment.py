@@ -32,10 +32,15 @@ from brt.sampling import Sampler, SamplingConfig
 from brt.trainer import TrainConfig, Trainer
 
 CONFIG_FILE = "config.gin"  # The operative gin config, in the workdir.
+# Every start's operative config, kept: <workdir>/config_history/NNN.gin.
+CONFIG_HISTORY = "config_history"
 
 
 def prepare_workdir(workdir: str) -> str:
   workdir = os.path.abspath(workdir)
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ValueError(f"--workdir={workdir} is a file, not a directory: "
+                     "choose another path, or move the file away.")
   parent = os.path.dirname(workdir)
   if not os.path.isdir(parent):
     raise FileNotFoundError(
@@ -64,9 +69,27 @@ class Experiment:
         ExecutionConfig)))
     exp.check_vocabulary()
     if write_config and jax.process_index() == 0:
+      text = configurables.operative_config()
       with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-        f.write(configurables.operative_config())
+        f.write(text)
+      history = os.path.join(workdir, CONFIG_HISTORY)
+      os.makedirs(history, exist_ok=True)
+      with open(os.path.join(history, f"{len(os.listdir(history)):03d}.gin"),
+                "w") as f:
+        f.write(text)
     return exp
+
+  def hyperparameters(self) -> dict:
+    """Every config field, flat (TensorBoard's hparams)."""
+    flat = {}
+    for config in (self.model_config, self.train_config,
+                   self.optimizer_config, self.data_config,
+                   self.execution_config):
+      for name, value in dataclasses.asdict(config).items():
+        if not isinstance(value, (bool, int, float, str)):
+          value = str(value)
+        flat[f"{type(config).__name__}.{name}"] = value
+    return flat
 
   @property
   def vocabulary(self):
@@ -113,9 +136,15 @@ class Experiment:
   # -- modes ----------------------------------------------------------------------
   def train(self, with_eval: bool = False):
     trainer = self.trainer()
+    if trainer.writer is not None:
+      trainer.writer.write_hparams(self.hyperparameters())
+      trainer.writer.write_texts(0, {
+          "operative_config": "```\n" + configurables.operative_config()
+                              + "\n```"})
     try:
       return trainer.train(self.train_batches(),
-                           self.eval_batches if with_eval else None)
+                           self.eval_batches if with_eval else None,
+                           eval_split=self.data_config.eval_split)
     finally:
       trainer.close()
 
@@ -142,7 +171,8 @@ class Experiment:
     trainer, state = self._restored(step=checkpoint_step)
     try:
       step = int(state.step)
-      result = trainer.evaluate(state.params, self.eval_batches(split), step)
+      result = trainer.evaluate(state.params, self.eval_batches(split), step,
+                                split)
     finally:
       trainer.close()
     withheld = trainer.config.eval_withhold_state

@@ -41,6 +41,10 @@ _EVAL_SPLIT = flags.DEFINE_string(
 _CHECKPOINT_STEP = flags.DEFINE_integer(
     "checkpoint_step", None, "eval and generate modes: the checkpoint to use "
     "(default: the newest one that verifies).")
+_INIT_FROM = flags.DEFINE_string(
+    "init_from", None, "train modes: start from the parameters of another "
+    "run (its workdir, or WORKDIR/checkpoints/STEP), with a fresh optimizer "
+    "state; sets TrainConfig.init_from.")
 _PROMPT = flags.DEFINE_string("prompt", None, "generate mode: text to continue.")
 _PROMPT_FILE = flags.DEFINE_string(
     "prompt_file", None, "generate mode: a file whose text to continue.")
@@ -61,8 +65,9 @@ def run(argv) -> None:
     # its own progress. --verbosity=0 brings their logs back.
     logging.set_verbosity(logging.WARNING)
   # Imported here so that --help answers without loading jax and TensorFlow.
-  from brt import xla_cpu
+  from brt import startup, xla_cpu
   xla_cpu.tune_xla_flags()  # Before jax starts a backend.
+  startup.quiet_tensorflow()
   import jax
   if _JAX_DISTRIBUTED.value:
     jax.distributed.initialize()
@@ -71,6 +76,13 @@ def run(argv) -> None:
   from brt.sampling import SamplingConfig
 
   mode, workdir = _MODE.value, _WORKDIR.value
+  gin_params = list(_GIN_PARAM.value)
+  if _INIT_FROM.value:
+    if not mode.startswith("train"):
+      raise ValueError("--init_from is for the train modes; --mode=eval and "
+                       "generate read the run's own checkpoints.")
+    gin_params.append(
+        f"TrainConfig.init_from = {os.path.abspath(_INIT_FROM.value)!r}")
   if _CHECKPOINT_STEP.value is not None and mode not in ("eval", "generate"):
     raise ValueError(
         "--checkpoint_step is for --mode=eval and --mode=generate; training "
@@ -82,9 +94,9 @@ def run(argv) -> None:
       raise FileNotFoundError(
           f"No --gin_file given and no {saved}: point --workdir at a trained "
           "run or give the run's gin files.")
-    configurables.parse_saved(saved, _GIN_PARAM.value, _GIN_SEARCH_PATHS.value)
+    configurables.parse_saved(saved, gin_params, _GIN_SEARCH_PATHS.value)
   else:
-    configurables.parse(gin_files, _GIN_PARAM.value, _GIN_SEARCH_PATHS.value)
+    configurables.parse(gin_files, gin_params, _GIN_SEARCH_PATHS.value)
   exp = Experiment.from_gin(workdir, write_config=mode.startswith("train"))
 
   if mode.startswith("train"):

@@ -608,6 +608,8 @@ def write_workdir(workdir: str, cfg: ModelConfig, variables: dict,
 def main(argv) -> None:
   del argv
   from absl import flags
+  from brt import startup
+  startup.quiet_tensorflow()
   f = flags.FLAGS
   texts = []
   for name in f.gin_file:

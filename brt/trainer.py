@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from brt import carry_dropout, optim, partitioning
+from brt import carry_dropout, checkpoints, optim, partitioning
 from brt.checkpoints import Checkpointer
 from brt.config import ModelConfig
 from brt.evaluation import EvalResult, Evaluator, token_nll
@@ -72,15 +72,30 @@ class TrainConfig:
   # only; drawn from the train state's RNG, so resumes stay exact.
   cache_dropout: float = 0.0
   state_dropout: float = 0.0
+  # Start a new run from another run's parameters (fine-tuning): its
+  # workdir (the newest checkpoint that verifies) or WORKDIR/checkpoints/STEP,
+  # e.g. one written by `python -m brt.meliad`. The optimizer state, carry,
+  # RNG and data position start afresh. Used only when this run's workdir
+  # has no checkpoint yet; after that the run resumes from its own.
+  init_from: Optional[str] = None
+  # Gradient accumulation: each step's batch is taken in this many row
+  # groups, one after another (make_train_step); batch_size must divide
+  # into them, and each group over the data-parallel devices.
+  num_microbatches: int = 1
 
   def __post_init__(self):
     object.__setattr__(self, "mesh_shape", tuple(self.mesh_shape))
     for name in ("batch_size", "segment_length", "num_steps", "log_every",
-                 "checkpoint_every", "keep_checkpoints"):
+                 "checkpoint_every", "keep_checkpoints", "num_microbatches"):
       value = getattr(self, name)
       if not isinstance(value, int) or value <= 0:
         raise ValueError(
             f"TrainConfig: {name} must be a positive integer, got {value!r}.")
+    if self.batch_size % self.num_microbatches:
+      raise ValueError(
+          f"TrainConfig: batch_size {self.batch_size} does not divide into "
+          f"num_microbatches={self.num_microbatches} groups of rows; choose a "
+          "divisor of the batch size.")
     if len(self.mesh_shape) != 2:
       raise ValueError("TrainConfig: mesh_shape is (data, model), got "
                        f"{self.mesh_shape}.")
@@ -111,30 +126,72 @@ class NonFiniteLossError(RuntimeError):
 
 def make_train_step(model: BlockRecurrentTransformer, tx, *,
                     cache_dropout: float = 0.0,
-                    state_dropout: float = 0.0) -> Callable:
+                    state_dropout: float = 0.0,
+                    num_microbatches: int = 1) -> Callable:
   """(state, batch) -> (state, metrics): one segment of truncated BPTT.
 
   cache_dropout, state_dropout: carry dropout rates (TrainConfig).
+  num_microbatches: the batch's rows are taken in this many groups (rows
+    j, j + k, j + 2k, ... in group j, so that every group spreads over the
+    data-parallel devices as the batch does), one after another, and their
+    gradients summed: the full batch's loss and update, to float tolerance,
+    in the memory of one group. Carry dropout draws for the whole batch as
+    without groups; the model's dropout draws per group.
   """
   deterministic = model.config.dropout_rate == 0
+  k = num_microbatches
 
-  def loss_fn(params, state, batch):
+  def loss_sum_fn(params, carry, rows, step_key, resets):
+    logits, carry = model.apply(
+        {"params": params}, rows["inputs"], carry,
+        start_of_sequence=rows["start_of_sequence"],
+        deterministic=deterministic, rngs={"dropout": step_key}, **resets)
+    mask = rows["loss_mask"]
+    loss_sum = jnp.sum(token_nll(logits, rows["targets"]) * mask)
+    return loss_sum, (carry, jnp.sum(mask))
+
+  grad_fn = jax.value_and_grad(loss_sum_fn, has_aux=True)
+
+  def gradients(state: TrainState, batch):
+    """(summed loss, gradient of the summed loss, carry, tokens)."""
     step_key = jax.random.fold_in(state.rng, state.step)
     resets = carry_dropout.draw_resets(
         carry_dropout.rng_for_step(step_key), batch["inputs"].shape[0],
         cache_dropout, state_dropout)
-    logits, carry = model.apply(
-        {"params": params}, batch["inputs"], state.carry,
-        start_of_sequence=batch["start_of_sequence"],
-        deterministic=deterministic, rngs={"dropout": step_key}, **resets)
-    mask = batch["loss_mask"]
-    loss_sum = jnp.sum(token_nll(logits, batch["targets"]) * mask)
-    tokens = jnp.sum(mask)
-    return loss_sum / jnp.maximum(tokens, 1.0), (carry, tokens)
+    if k == 1:
+      (loss_sum, (carry, tokens)), grads = grad_fn(
+          state.params, state.carry, batch, step_key, resets)
+      return loss_sum, grads, carry, tokens
+
+    def split(x):  # (B, ...) -> (k, B / k, ...): group j holds rows j::k.
+      return None if x is None else jnp.swapaxes(
+          x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1)
+
+    def merge(x):  # The inverse of split.
+      return jnp.swapaxes(x, 0, 1).reshape(-1, *x.shape[2:])
+
+    groups = jax.tree_util.tree_map(split, (batch, state.carry, resets))
+
+    def one_group(acc, group):
+      index, (rows, carry, group_resets) = group
+      (loss_sum, (carry, tokens)), grads = grad_fn(
+          state.params, carry, rows, jax.random.fold_in(step_key, index),
+          group_resets)
+      acc = jax.tree_util.tree_map(jnp.add, acc, (loss_sum, grads, tokens))
+      return acc, carry
+
+    zeros = (jnp.zeros((), jnp.float32),
+             jax.tree_util.tree_map(jnp.zeros_like, state.params),
+             jnp.zeros((), jnp.float32))
+    (loss_sum, grads, tokens), carries = jax.lax.scan(
+        one_group, zeros, (jnp.arange(k), groups))
+    return loss_sum, grads, jax.tree_util.tree_map(merge, carries), tokens
 
   def step(state: TrainState, batch):
-    (loss, (carry, tokens)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(state.params, state, batch)
+    loss_sum, grads, carry, tokens = gradients(state, batch)
+    denominator = jnp.maximum(tokens, 1.0)
+    loss = loss_sum / denominator
+    grads = jax.tree_util.tree_map(lambda g: g / denominator, grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = jax.tree_util.tree_map(lambda p, u: p + u, state.params, updates)
     new_state = state.replace(step=state.step + 1, params=params,
@@ -167,12 +224,16 @@ class Trainer:
     model_config.check_segment_length(train_config.eval_length)
     self.mesh = mesh or partitioning.make_mesh(*train_config.mesh_shape)
     partitioning.check_batch_size(train_config.batch_size, self.mesh)
+    if train_config.num_microbatches > 1:
+      partitioning.check_batch_size(
+          train_config.batch_size // train_config.num_microbatches, self.mesh,
+          what="batch_size / num_microbatches")
     self.tx, self.schedule = optim.make_optimizer(optimizer_config,
                                                   train_config.num_steps)
     self.workdir = workdir
     self.is_chief = jax.process_index() == 0
     self.verbose = verbose and self.is_chief
-    self._writer = writer
+    self.writer = writer  # clu metric writer (chief only) or None.
     self.checkpointer = Checkpointer(
         os.path.join(workdir, "checkpoints"), keep=train_config.keep_checkpoints,
         asynchronous=train_config.async_checkpoints)
@@ -181,7 +242,8 @@ class Trainer:
     self._step_fn = jax.jit(
         make_train_step(self.model, self.tx,
                         cache_dropout=train_config.cache_dropout,
-                        state_dropout=train_config.state_dropout),
+                        state_dropout=train_config.state_dropout,
+                        num_microbatches=train_config.num_microbatches),
         in_shardings=(self._shardings, None),
         out_shardings=(self._shardings, partitioning.replicated(self.mesh)),
         donate_argnums=0)
@@ -227,6 +289,23 @@ class Trainer:
     init = jax.jit(self._init_fn, out_shardings=self._shardings)
     return init(jax.random.PRNGKey(self.config.seed))
 
+  def init_state_from(self, source: str) -> TrainState:
+    """A fresh train state holding the parameters of another run's
+    checkpoint (`TrainConfig.init_from`)."""
+    directory, step = checkpoints.locate(source)
+    ckpt = Checkpointer(directory, asynchronous=False, create=False)
+    try:
+      params, step = ckpt.restore_params(self.abstract_state().params,
+                                         self.model_config, step)
+    finally:
+      ckpt.close()
+    fresh = self.init_state()
+    opt_state = jax.jit(self.tx.init,
+                        out_shardings=self._shardings.opt_state)(params)
+    self._print(f"Initialised from step {step} of {directory}: its "
+                "parameters, with a fresh optimizer state and carry")
+    return fresh.replace(params=params, opt_state=opt_state)
+
   def restore_or_init(self, train_batches=None,
                       step: Optional[int] = None) -> TrainState:
     """The newest checkpoint that verifies (or checkpoint `step`), with the
@@ -234,6 +313,8 @@ class Trainer:
     workdir has no checkpoint. Training (`train_batches` given) moves
     damaged newer checkpoints aside so that it can save those steps again."""
     if step is None and self.checkpointer.latest_step() is None:
+      if self.config.init_from:
+        return self.init_state_from(self.config.init_from)
       return self.init_state()
     state, data_state, step = self.checkpointer.restore(
         self.abstract_state(), self.model_config, step,
@@ -253,7 +334,8 @@ class Trainer:
   # -- the loop --------------------------------------------------------------------
   def train(self, train_batches: Iterator[Mapping[str, np.ndarray]],
             eval_batches: Optional[Callable[[], Any]] = None,
-            until_step: Optional[int] = None) -> TrainState:
+            until_step: Optional[int] = None,
+            eval_split: str = "eval") -> TrainState:
     """Trains to `num_steps` (or `until_step`), resuming from the workdir.
 
     eval_batches: a function returning a fresh iterator over the evaluation
@@ -278,7 +360,7 @@ class Trainer:
         if eval_batches is not None and (
             (cfg.eval_every and step % cfg.eval_every == 0) or step == last):
           began = time.perf_counter()
-          self.evaluate(state.params, eval_batches(), step)
+          self.evaluate(state.params, eval_batches(), step, eval_split)
           meter.exclude(time.perf_counter() - began)
         if step % cfg.checkpoint_every == 0 or step == last:
           self._save(step, state, meter, train_batches)
@@ -289,8 +371,8 @@ class Trainer:
       self.checkpointer.wait()
     finally:
       self._release_sigterm(previous_handler)
-      if self._writer is not None:
-        self._writer.flush()
+      if self.writer is not None:
+        self.writer.flush()
     return state
 
   def request_stop(self):
@@ -320,14 +402,20 @@ class Trainer:
         f"{record['tokens_per_s']:,.0f} tokens/s | ETA {_hms(eta)}")
 
   # -- evaluation ------------------------------------------------------------------
-  def evaluate(self, params, batches, step: int) -> EvalResult:
+  def evaluate(self, params, batches, step: int,
+               split: str = "eval") -> EvalResult:
+    """Evaluates on `batches` (of `split`); logged under the TensorBoard
+    tag eval_<split> (eval_<split>_state_withheld for that ablation)."""
     start = time.perf_counter()
     result = self.evaluator.run({"params": params}, batches,
                                 max_batches=self.config.max_eval_batches)
     m = result.metrics
+    tag = f"eval_{split}" + ("_state_withheld"
+                             if self.config.eval_withhold_state else "")
     self._record("eval", step, {k: m[k] for k in (
         "loss", "bits_per_token", "bits_per_byte", "word_perplexity",
-        "num_tokens", "num_documents", "answer_accuracy") if k in m})
+        "num_tokens", "num_documents", "answer_accuracy") if k in m},
+                 tag=tag, split=split)
     answers = (f" | answer accuracy {m['answer_accuracy']:.4f}"
                if "answer_accuracy" in m else "")
     self._print(
@@ -338,15 +426,19 @@ class Trainer:
     return result
 
   # -- output ----------------------------------------------------------------------
-  def _record(self, kind: str, step: int, values: dict):
+  def _record(self, kind: str, step: int, values: dict,
+              tag: Optional[str] = None, **labels):
+    """One line of metrics.jsonl ({"kind", "step", **labels, **values}) and
+    TensorBoard scalars under <tag or kind>/<name>."""
     values = {k: float(v) for k, v in values.items()}
-    self.history.append({"kind": kind, "step": step, **values})
+    record = {"kind": kind, "step": step, **labels, **values}
+    self.history.append(record)
     if not self.is_chief:
       return
     with open(os.path.join(self.workdir, "metrics.jsonl"), "a") as f:
-      f.write(json.dumps({"kind": kind, "step": step, **values}) + "\n")
-    if self._writer is not None:
-      self._writer.write_scalars(step, {f"{kind}/{k}": v
+      f.write(json.dumps(record) + "\n")
+    if self.writer is not None:
+      self.writer.write_scalars(step, {f"{tag or kind}/{k}": v
                                         for k, v in values.items()})
 
   def _print(self, line: str):

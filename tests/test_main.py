@@ -104,10 +104,19 @@ def test_train_eval_generate_from_gin_files(tmp_path, corpus):
   out = run(workdir, "--mode=train_and_eval", f"--gin_file={gin}",
             "--gin_param=TrainConfig.eval_batch_size = 2")
   assert "step 4/4" in out.stdout and "eval at step 4" in out.stdout
+  # No TensorFlow or CUDA start-up lines in front of brt's output.
+  for noise in ("oneDNN", "cuda drivers", "cuInit", "absl::InitializeLog"):
+    assert noise not in out.stderr, out.stderr[:2000]
   assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]
   operative = (workdir / "config.gin").read_text()
   assert "ModelConfig.gate = 'lstm'" in operative
-  assert os.listdir(workdir / "tensorboard")
+  from tensorboard.backend.event_processing import event_accumulator
+  events = event_accumulator.EventAccumulator(str(workdir / "tensorboard"))
+  tags = events.Reload().Tags()["tensors"]
+  for tag in ("train/loss", "eval_validation/bits_per_token",
+              "operative_config"):
+    assert any(t.startswith(tag) for t in tags), (tag, tags)
+  assert os.listdir(workdir / "config_history") == ["000.gin"]
   assert len(train_losses(workdir)) == 4
 
   # eval and generate find the run's config in the workdir.
@@ -168,6 +177,14 @@ def test_train_eval_generate_from_gin_files(tmp_path, corpus):
   out = run(workdir, "--mode=eval", "--checkpoint_step=4", check=False)
   assert out.returncode == 1 and "Traceback" not in out.stderr
   assert "checkpoints/4 is damaged" in out.stderr
+
+
+def test_workdir_that_is_a_file_is_a_clear_error(tmp_path, corpus):
+  gin = write_gin(tmp_path / "exp.gin", corpus, num_steps=4)
+  (tmp_path / "run").write_text("not a directory")
+  out = run(tmp_path / "run", f"--gin_file={gin}", check=False)
+  assert out.returncode == 1 and "Traceback" not in out.stderr
+  assert "is a file, not a directory" in out.stderr
 
 
 def test_bad_gin_binding_fails_with_the_nearest_names(tmp_path, corpus):

@@ -226,5 +226,19 @@ def test_command_writes_a_workdir_brt_evaluates_samples_and_trains(tmp_path):
     trainer, state = exp._restored(verbose=False)
     trainer.close()
     assert int(state.step) == 2
+
+    # A new run fine-tunes from the converted weights (--init_from): step 0,
+    # meliad's parameters, a fresh optimizer state.
+    gin.clear_config()
+    configurables.parse([str(out / "config.gin")],
+                        [f"TrainConfig.init_from = '{out / 'checkpoints' / '0'}'"])
+    tuned = Experiment.from_gin(str(tmp_path / "finetune"))
+    trainer = tuned.trainer(verbose=False)
+    state = trainer.restore_or_init()
+    trainer.close()
+    assert int(state.step) == 0
+    got = flax.traverse_util.flatten_dict(state.params)
+    for path, value in flax.traverse_util.flatten_dict(want["params"]).items():
+      np.testing.assert_array_equal(np.asarray(got[path]), value)
   finally:
     gin.clear_config()
