@@ -20,6 +20,7 @@ import dataclasses
 import json
 import math
 import os
+import queue
 import signal
 import threading
 import time
@@ -78,6 +79,12 @@ class TrainConfig:
   # RNG and data position start afresh. Used only when this run's workdir
   # has no checkpoint yet; after that the run resumes from its own.
   init_from: Optional[str] = None
+  # Batches prepared (read, packed and put on the devices) on a background
+  # thread, this many ahead of the step that trains on them; 0: in the loop.
+  prefetch_batches: int = 2
+  # (first, last): a jax profiler trace of these training steps (1-based,
+  # inclusive) into <workdir>/profile, for TensorBoard's profile plugin.
+  profile_steps: Optional[tuple[int, int]] = None
   # Gradient accumulation: each step's batch is taken in this many row
   # groups, one after another (make_train_step); batch_size must divide
   # into them, and each group over the data-parallel devices.
@@ -85,6 +92,15 @@ class TrainConfig:
 
   def __post_init__(self):
     object.__setattr__(self, "mesh_shape", tuple(self.mesh_shape))
+    if self.profile_steps is not None:
+      object.__setattr__(self, "profile_steps", tuple(self.profile_steps))
+      first, last = (self.profile_steps + (0, 0))[:2]
+      if len(self.profile_steps) != 2 or not 1 <= first <= last:
+        raise ValueError("TrainConfig: profile_steps is (first, last) with "
+                         f"1 <= first <= last, got {self.profile_steps}.")
+    if not isinstance(self.prefetch_batches, int) or self.prefetch_batches < 0:
+      raise ValueError("TrainConfig: prefetch_batches must be an integer >= 0, "
+                       f"got {self.prefetch_batches!r}.")
     for name in ("batch_size", "segment_length", "num_steps", "log_every",
                  "checkpoint_every", "keep_checkpoints", "num_microbatches"):
       value = getattr(self, name)
@@ -347,11 +363,21 @@ class Trainer:
     last = min(cfg.num_steps, until_step or cfg.num_steps)
     meter = _Meter(step)
     previous_handler = self._catch_sigterm()
+    feed = _Prefetcher(train_batches, self._put, cfg.prefetch_batches)
+    first_traced, last_traced = cfg.profile_steps or (0, 0)
+    tracing = False
     try:
       while step < last and not self._stop.is_set():
-        batch = next(train_batches)
-        state, metrics = self._step_fn(state, self._put(batch))
+        batch = next(feed)
+        if step + 1 == first_traced:
+          jax.profiler.start_trace(os.path.join(self.workdir, "profile"))
+          tracing = True
+        state, metrics = self._step_fn(state, batch)
         step += 1
+        if tracing and (step == last_traced or step == last):
+          jax.block_until_ready(state)
+          jax.profiler.stop_trace()
+          tracing = False
         meter.add(step, metrics)
         if step == meter.start + 1:
           meter.restart_clock(state)  # Leave compilation out of tokens/s.
@@ -363,13 +389,16 @@ class Trainer:
           self.evaluate(state.params, eval_batches(), step, eval_split)
           meter.exclude(time.perf_counter() - began)
         if step % cfg.checkpoint_every == 0 or step == last:
-          self._save(step, state, meter, train_batches)
+          self._save(step, state, meter, feed)
       if self._stop.is_set() and step < last:
-        self._save(step, state, meter, train_batches)
+        self._save(step, state, meter, feed)
         self._print(f"Stopped by SIGTERM at step {step}; checkpoint saved in "
                     f"{self.checkpointer.directory}. Rerun to resume.")
       self.checkpointer.wait()
     finally:
+      feed.close()  # train_batches is left just after the last batch trained.
+      if tracing:  # Stopped (SIGTERM, an error) inside the traced steps.
+        jax.profiler.stop_trace()
       self._release_sigterm(previous_handler)
       if self.writer is not None:
         self.writer.flush()
@@ -456,6 +485,68 @@ class Trainer:
 
   def close(self):
     self.checkpointer.close()
+
+
+class _Prefetcher:
+  """Batches from `batches`, put on the devices by `put`, prepared `depth`
+  ahead on a background thread so that the host's work overlaps the
+  device's. `get_state()` is the position just after the last batch handed
+  out, which is what a checkpoint must save (the thread has read further);
+  `close()` stops the thread and sets `batches` back to that position."""
+
+  _END = object()
+
+  def __init__(self, batches, put: Callable, depth: int):
+    self._batches, self._put, self._depth = batches, put, depth
+    self._position = batches.get_state()
+    if depth:
+      self._queue = queue.Queue(maxsize=depth)
+      self._closed = threading.Event()
+      self._thread = threading.Thread(target=self._fill, daemon=True,
+                                      name="brt-prefetch")
+      self._thread.start()
+
+  def _fill(self):
+    while not self._closed.is_set():
+      try:
+        batch = next(self._batches)
+        item = (self._put(batch), self._batches.get_state())
+      except BaseException as e:  # StopIteration too: handed to the loop.
+        item = (self._END, e)
+      while not self._closed.is_set():
+        try:
+          self._queue.put(item, timeout=0.1)
+          break
+        except queue.Full:
+          continue
+      if item[0] is self._END:
+        return
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    if not self._depth:
+      batch = self._put(next(self._batches))
+      self._position = self._batches.get_state()
+      return batch
+    batch, position = self._queue.get()
+    if batch is self._END:
+      self._depth = 0  # The thread has ended; later calls raise again.
+      self._batches.set_state(self._position)
+      raise position
+    self._position = position
+    return batch
+
+  def get_state(self) -> dict:
+    return self._position
+
+  def close(self):
+    if self._depth:
+      self._closed.set()
+      self._thread.join()
+      self._depth = 0
+    self._batches.set_state(self._position)
 
 
 class _Meter:

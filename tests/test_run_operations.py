@@ -119,3 +119,45 @@ def test_init_from_takes_the_parameters_and_starts_afresh(tmp_path):
   with pytest.raises(FileNotFoundError, match="neither a run's workdir"):
     make_trainer(tmp_path / "x", 4,
                  init_from=str(tmp_path / "nowhere")).restore_or_init()
+
+
+def test_prefetching_changes_nothing_but_the_timing(tmp_path):
+  """Batches prepared ahead on a thread: the same losses, and the iterator
+  left where the loop stopped, not where the thread had read to."""
+  runs = {}
+  for depth in (0, 3):
+    trainer = make_trainer(tmp_path / str(depth), 5, prefetch_batches=depth,
+                           profile_steps=(2, 3) if depth else None)
+    feed = batches(learnable_documents())
+    trainer.train(feed)
+    trainer.close()
+    runs[depth] = (train_losses(trainer), feed.get_state())
+  assert runs[0] == runs[3]
+  traces = list((tmp_path / "3" / "profile").rglob("*.xplane.pb"))
+  assert len(traces) == 1 and traces[0].stat().st_size > 0
+  assert not (tmp_path / "0" / "profile").exists()
+
+
+def test_a_failing_data_pipeline_fails_the_step_loop(tmp_path):
+  class Broken:
+    def __init__(self):
+      self.inner = batches(learnable_documents())
+      self.count = 0
+
+    def __next__(self):
+      self.count += 1
+      if self.count == 3:
+        raise OSError("disk gone")
+      return next(self.inner)
+
+    def get_state(self):
+      return self.inner.get_state()
+
+    def set_state(self, state):
+      self.inner.set_state(state)
+
+  trainer = make_trainer(tmp_path, 5, checkpoint_every=100)
+  with pytest.raises(OSError, match="disk gone"):
+    trainer.train(Broken())
+  trainer.close()
+  assert train_losses(trainer) == train_losses(trainer)[:2]
