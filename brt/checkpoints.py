@@ -392,16 +392,21 @@ def _missing_integrity(error: Exception) -> bool:
 def _quiet_reads_left_in_flight():
   """When one array of a restore fails, orbax closes its event loop while
   TensorStore still has reads of the others in flight; as each finishes it
-  reports 'Event loop is closed' as an unraisable error, hundreds of harmless
-  tracebacks that would bury the message that matters. Drop those only."""
+  reports 'Event loop is closed' as an unraisable error, and orbax's read
+  coroutines that never ran report their own error as they are collected:
+  hundreds of harmless tracebacks that would bury the message that matters.
+  Drop those only."""
   previous = sys.unraisablehook
   if getattr(previous, "_brt_quiet", False):
     return
 
   def hook(unraisable):
     error = unraisable.exc_value
-    if not (isinstance(error, RuntimeError)
-            and str(error) == "Event loop is closed"):
+    code = getattr(unraisable.object, "cr_code", None)
+    left_over = (isinstance(error, RuntimeError)
+                 and str(error) == "Event loop is closed") or (
+                     code is not None and "orbax" in code.co_filename)
+    if not left_over:
       previous(unraisable)
 
   hook._brt_quiet = True
