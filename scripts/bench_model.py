@@ -201,7 +201,8 @@ def step_time_ratios(rows) -> dict[str, float]:
           for base in ("xl", "xl_4w") if base in step}
 
 
-def main():
+def make_parser() -> argparse.ArgumentParser:
+  """This script's flags (other scripts take its defaults from here)."""
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--variants", nargs="+", default=list(VARIANTS),
                       choices=list(VARIANTS))
@@ -222,7 +223,11 @@ def main():
                            "8192 on an accelerator (2048^3 is too small to "
                            "fill one)")
   parser.add_argument("--out", default="bench_results/model.json")
-  args = parser.parse_args()
+  return parser
+
+
+def main():
+  args = make_parser().parse_args()
   args.segment = args.segment or SIZES[args.size]["segment"]
   xla_cpu.tune_xla_flags()  # Before jax starts its CPU backend.
 

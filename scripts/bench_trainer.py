@@ -27,7 +27,8 @@ import bench_model  # noqa: E402  (the bare step, timed the same way)
 from brt import xla_cpu  # noqa: E402
 
 
-def trainer_tokens_per_s(variant: str, steps: int, log_every: int) -> float:
+def trainer_tokens_per_s(variant: str, steps: int, log_every: int,
+                         prefetch_batches: int) -> float:
   from brt import configurables
   from brt.experiment import Experiment
   configurables.parse(
@@ -35,7 +36,8 @@ def trainer_tokens_per_s(variant: str, steps: int, log_every: int) -> float:
        "tasks/gutenberg_plays_bytes.gin"],
       [f"TrainConfig.num_steps = {steps}",
        f"TrainConfig.log_every = {log_every}",
-       f"TrainConfig.checkpoint_every = {steps}"])
+       f"TrainConfig.checkpoint_every = {steps}",
+       f"TrainConfig.prefetch_batches = {prefetch_batches}"])
   exp = Experiment.from_gin(tempfile.mkdtemp(prefix="bench_trainer_"))
   trainer = exp.trainer()
   trainer.train(exp.train_batches())
@@ -51,21 +53,26 @@ def main():
                       choices=list(bench_model.VARIANTS))
   parser.add_argument("--steps", type=int, default=30)
   parser.add_argument("--log_every", type=int, default=5)
+  parser.add_argument("--prefetch_batches", type=int, default=2,
+                      help="TrainConfig.prefetch_batches (0: in the loop)")
   parser.add_argument("--out", default="bench_results/trainer.json")
   args = parser.parse_args()
   xla_cpu.tune_xla_flags()  # Before jax starts its CPU backend.
 
   print(f"device: {jax.devices()[0].device_kind}, variant {args.variant}")
-  loop = trainer_tokens_per_s(args.variant, args.steps, args.log_every)
-  bare = bench_model.bench_variant(args.variant, argparse.Namespace(
-      batch=4, segment=1024, steps=args.log_every, dtype="float32",
-      size="bench"))["tokens_per_s"]
+  loop = trainer_tokens_per_s(args.variant, args.steps, args.log_every,
+                              args.prefetch_batches)
+  bare = bench_model.bench_variant(args.variant, bench_model.make_parser(
+  ).parse_args(["--batch=4", "--segment=1024", f"--steps={args.log_every}",
+                "--products=xla_cpu", "--no-compile_check"]))["tokens_per_s"]
   print(f"bare fwd+bwd step:      {bare:9.0f} tokens/s")
   print(f"trainer (entry point):  {loop:9.0f} tokens/s")
   print(f"trainer / bare:         {loop / bare:9.3f}")
   os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
   with open(args.out, "w") as f:
-    json.dump({"variant": args.variant, "bare_tokens_per_s": bare,
+    json.dump({"variant": args.variant,
+               "prefetch_batches": args.prefetch_batches,
+               "bare_tokens_per_s": bare,
                "trainer_tokens_per_s": loop, "ratio": loop / bare}, f,
               indent=2)
   print(f"wrote {args.out}")
