@@ -75,8 +75,14 @@ class Sampler:
                                             method="start_decoding"))
     self._decode = jax.jit(functools.partial(model.apply, method="decode"))
 
-  def prefill(self, prompt):
-    """Runs a (B, P) prompt; returns (decoder state, logits of its last token)."""
+  def prefill(self, prompt, carry=None):
+    """Runs a (B, P) prompt; returns (decoder state, logits of its last token).
+
+    carry: the carry after text that came before the prompt (what
+    `model.apply` returned for it; any number of whole blocks), so that a
+    caller who kept it continues without running that text again. Default:
+    the prompt starts a document.
+    """
     prompt = jnp.asarray(prompt, jnp.int32)
     batch, length = prompt.shape
     if length == 0:
@@ -84,7 +90,13 @@ class Sampler:
                        "a start-of-document or newline token).")
     _check_vocab(prompt, self.model.config.vocab_size)
     w = self.model.config.block_width
-    carry = self.model.initial_carry(batch)
+    if carry is None:
+      carry = self.model.initial_carry(batch)
+    elif jax.tree_util.tree_structure(carry) != jax.tree_util.tree_structure(
+        self.model.initial_carry(batch)) or carry["valid"].shape != (batch,):
+      raise ValueError(
+          "carry does not fit this model and prompt: pass the carry that "
+          f"model.apply returned for {batch} rows of text before the prompt.")
     last = None
     full = length - length % w
     chunk = self.prefill_blocks * w
@@ -100,13 +112,14 @@ class Sampler:
     return dec, last
 
   def generate(self, prompt, num_tokens: int, *, rng,
-               sampling: SamplingConfig = SamplingConfig()):
+               sampling: SamplingConfig = SamplingConfig(), carry=None):
     """Returns {"tokens": (B, num_tokens) int32, "lengths": (B,)}.
 
     After a row emits `stop_token` its remaining tokens are `stop_token` and
-    its length counts the tokens up to and including it.
+    its length counts the tokens up to and including it. `carry`: as for
+    `prefill`, the text before the prompt.
     """
-    dec, last = self.prefill(prompt)
+    dec, last = self.prefill(prompt, carry)
     tokens, lengths = self._loop(num_tokens, sampling)(
         self.variables, dec, last, rng)
     return {"tokens": tokens, "lengths": lengths}

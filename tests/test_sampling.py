@@ -57,6 +57,30 @@ def test_greedy_equals_top_k_1_and_tiny_top_p():
       greedy["tokens"])
 
 
+def test_continuing_from_a_kept_carry_equals_the_whole_prompt():
+  """The carry after text of whole blocks, kept by the caller, then the
+  rest of the prompt: the same continuation as the whole prompt."""
+  cfg = tiny_config(recurrent_layers=(1,), gate="lstm")
+  model, variables = init_model(cfg)
+  sampler = Sampler(model, variables, prefill_blocks=1)
+  w = cfg.block_width
+  text = random_tokens(8, 2, 3 * w + 2)
+  greedy = SamplingConfig(temperature=0)
+  whole = sampler.generate(text, 7, rng=jax.random.PRNGKey(0),
+                           sampling=greedy)
+  _, carry = sampler._forward(variables, text[:, :2 * w],
+                              model.initial_carry(2))
+  rest = sampler.generate(text[:, 2 * w:], 7, rng=jax.random.PRNGKey(0),
+                          sampling=greedy, carry=carry)
+  np.testing.assert_array_equal(rest["tokens"], whole["tokens"])
+  _, last_whole = sampler.prefill(text)
+  _, last_rest = sampler.prefill(text[:, 2 * w:], carry)
+  np.testing.assert_allclose(last_rest, last_whole, rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="carry does not fit"):
+    sampler.generate(text[:1, 2 * w:], 3, rng=jax.random.PRNGKey(0),
+                     carry=carry)
+
+
 def test_sampling_is_reproducible_per_seed():
   cfg = tiny_config(recurrent_layers=(1,), gate="lstm")
   model, variables = init_model(cfg)
