@@ -7,6 +7,8 @@ over blocks, and handed to every block step.
 
 from __future__ import annotations
 
+import functools
+
 import math
 
 import jax
@@ -116,8 +118,10 @@ def attend(query: jax.Array, key: jax.Array, value: jax.Array, *,
     bias: added to the logits, broadcastable to (B, H, Q, K).
     mask: bool, True where a key is visible, broadcastable to (B, H, Q, K).
       A query that sees no key reads nothing (a zero output).
-    impl: "einsum" (below, the reference), or "xla" / "cudnn":
-      jax.nn.dot_product_attention with that implementation.
+    impl: "einsum" (below, the reference), "xla" / "cudnn":
+      jax.nn.dot_product_attention with that implementation, or
+      "pallas_tpu": jax's Pallas flash-attention kernel for TPUs (keys in
+      multiples of 128).
     bias_scaled: the logits are (q.k + bias) * scale (meliad, with normalised
       queries/keys) rather than q.k * scale + bias.
     dropout: None, or a function applied to the attention weights (einsum
@@ -132,10 +136,11 @@ def attend(query: jax.Array, key: jax.Array, value: jax.Array, *,
   if impl != "einsum" and query.shape[1] > 1:
     if dropout is not None:
       raise ValueError("attention dropout needs impl='einsum'.")
+    fused = (_pallas_tpu_attention if impl == "pallas_tpu" else
+             functools.partial(_dot_product_attention, implementation=impl))
     try:
-      return _dot_product_attention(query, key, value, scale=scale, bias=bias,
-                                    mask=mask, bias_scaled=bias_scaled,
-                                    implementation=impl)
+      return fused(query, key, value, scale=scale, bias=bias, mask=mask,
+                   bias_scaled=bias_scaled)
     except (ValueError, NotImplementedError, RuntimeError):
       if not fallback:
         raise
@@ -245,31 +250,92 @@ def _dot_product_attention(query, key, value, *, scale, bias, mask,
   bias and mask broadcastable to (B, H, Q, K). `implementation`: "xla", or
   "cudnn" (the fused flash kernel: a GPU and 16-bit inputs).
   """
-  def as_4d(x):
-    x = jnp.asarray(x)
-    return x.reshape((1,) * (4 - x.ndim) + x.shape)
-
-  per_head = jnp.broadcast_to(jnp.asarray(scale, jnp.float32),
-                              (query.shape[2],))
-  if bias is not None and bias_scaled:
-    # (q.k + b) s = q.k s + b s.
-    bias = as_4d(bias).astype(jnp.float32) * per_head[None, :, None, None]
-  if not isinstance(scale, (int, float)):
-    # Learned per-head scales: fold them into the queries -- the logits are
-    # linear in the query, so (q * s) . k == s * (q . k).
-    query = (query.astype(jnp.float32)
-             * per_head[None, None, :, None]).astype(query.dtype)
-    scale = 1.0
-
+  query, scale, bias = _scale_into_query(query, scale, bias, bias_scaled,
+                                         always=False)
   dtype = query.dtype
   out = jax.nn.dot_product_attention(
       query, key.astype(dtype), value.astype(dtype),
-      bias=None if bias is None else as_4d(bias).astype(jnp.float32),
-      mask=None if mask is None else as_4d(mask),
+      bias=None if bias is None else _as_4d(bias).astype(jnp.float32),
+      mask=None if mask is None else _as_4d(mask),
       scale=scale, implementation=implementation)
+  return _zero_unseen(out, mask, key.shape[1]).astype(dtype)
+
+
+def _as_4d(x):
+  x = jnp.asarray(x)
+  return x.reshape((1,) * (4 - x.ndim) + x.shape)
+
+
+def _scale_into_query(query, scale, bias, bias_scaled, always):
+  """(query, scale, bias) with learned per-head scales (or, `always`, any
+  scale) folded into the queries -- the logits are linear in the query, so
+  (q s) . k == s (q . k) -- and a bias_scaled bias multiplied by the scale:
+  (q.k + b) s == q.k s + b s."""
+  per_head = jnp.broadcast_to(jnp.asarray(scale, jnp.float32),
+                              (query.shape[2],))
+  if bias is not None and bias_scaled:
+    bias = _as_4d(bias).astype(jnp.float32) * per_head[None, :, None, None]
+  if always or not isinstance(scale, (int, float)):
+    query = (query.astype(jnp.float32)
+             * per_head[None, None, :, None]).astype(query.dtype)
+    scale = 1.0
+  return query, scale, bias
+
+
+def _zero_unseen(out, mask, num_keys):
+  """A query that sees no key reads nothing, as in `attend`."""
+  if mask is None:
+    return out
+  seen = jnp.any(jnp.broadcast_to(_as_4d(mask), (
+      out.shape[0], out.shape[2], out.shape[1], num_keys)), axis=-1)
+  return out * jnp.swapaxes(seen, 1, 2)[..., None].astype(out.dtype)
+
+
+# The Pallas TPU kernel's key blocks are whole vector registers of 128 lanes.
+_PALLAS_LANES = 128
+
+
+def _pallas_tpu_attention(query, key, value, *, scale, bias, mask,
+                          bias_scaled=False):
+  """`attend` through jax's Pallas flash-attention kernel for TPUs
+  (jax.experimental.pallas.ops.tpu.flash_attention), which takes one
+  additive bias (here the position bias and the mask, as -1e9) and scales
+  (q.k + bias); on another backend it runs under
+  `jax.experimental.pallas.tpu.force_tpu_interpret_mode()` (the tests).
+  Raises ValueError for shapes it does not take: keys not a multiple of
+  128, queries not a multiple of 8, or heads wider than 128 and not a
+  multiple of it."""
+  from jax.experimental.pallas.ops.tpu import flash_attention as fa
+  b, q_len, heads, size = query.shape
+  k_len, groups = key.shape[1], key.shape[2]
+  if (k_len % _PALLAS_LANES or q_len % 8
+      or (size > _PALLAS_LANES and size % _PALLAS_LANES)):
+    raise ValueError(
+        f"the Pallas TPU attention kernel takes keys in multiples of "
+        f"{_PALLAS_LANES} and queries in multiples of 8 (got {k_len} keys, "
+        f"{q_len} queries, heads of {size}).")
+  query, _, bias = _scale_into_query(query, scale, bias, bias_scaled,
+                                     always=True)
+  dtype = query.dtype
+  logit_bias = jnp.zeros((1, 1, q_len, k_len), jnp.float32)
+  if bias is not None:
+    logit_bias = logit_bias + _as_4d(bias).astype(jnp.float32)
   if mask is not None:
-    # A query that sees no key reads nothing, as in `attend`.
-    seen = jnp.any(jnp.broadcast_to(as_4d(mask), (
-        out.shape[0], out.shape[2], out.shape[1], key.shape[1])), axis=-1)
-    out = out * jnp.swapaxes(seen, 1, 2)[..., None].astype(out.dtype)
-  return out.astype(dtype)
+    logit_bias = jnp.where(_as_4d(mask), logit_bias, -1e9)
+  logit_bias = jnp.broadcast_to(logit_bias, (b, heads, q_len, k_len))
+  # The kernel wants (B, H, L, k) and as many key/value heads as queries.
+  to_heads = lambda x: jnp.repeat(jnp.swapaxes(x, 1, 2).astype(dtype),
+                                  heads // groups, axis=1)
+  q_block = min(q_len, _PALLAS_LANES)
+  k_block = min(k_len, 4 * _PALLAS_LANES)
+  k_block = k_block if k_len % k_block == 0 else _PALLAS_LANES
+  blocks = fa.BlockSizes(
+      block_q=q_block, block_k_major=k_block, block_k=k_block, block_b=1,
+      block_q_major_dkv=q_block, block_k_major_dkv=k_block,
+      block_k_dkv=k_block, block_q_dkv=q_block, block_k_major_dq=k_block,
+      block_k_dq=k_block, block_q_dq=q_block)
+  out = fa.flash_attention(jnp.swapaxes(query, 1, 2), to_heads(key),
+                           to_heads(value), ab=logit_bias, sm_scale=1.0,
+                           block_sizes=blocks)
+  out = jnp.swapaxes(out, 1, 2)
+  return _zero_unseen(out, mask, k_len).astype(dtype)

@@ -28,9 +28,10 @@ from brt.config import ModelConfig
 PRODUCTS = ("plain", "xla_cpu")
 # "einsum": brt's reference (brt.attention.attend); "xla" and "cudnn":
 # jax.nn.dot_product_attention with that implementation (cuDNN's fused
-# kernel needs a GPU and 16-bit activations); "auto": cuDNN on GPUs where
-# it can run, else the einsum.
-ATTENTION = ("auto", "einsum", "xla", "cudnn")
+# kernel needs a GPU and 16-bit activations); "pallas_tpu": jax's Pallas
+# flash-attention kernel for TPUs (keys in multiples of 128); "auto": cuDNN
+# on GPUs, the Pallas kernel on TPUs, where they can run, else the einsum.
+ATTENTION = ("auto", "einsum", "xla", "cudnn", "pallas_tpu")
 # "none"; "full": a block step keeps only its inputs and recomputes the rest
 # in the backward pass; or a policy of jax.checkpoint_policies that says
 # which intermediates to keep (e.g. "dots_saveable": the matmuls' outputs).
@@ -95,12 +96,16 @@ class ExecutionConfig:
   def attention_kernel(self, model: ModelConfig,
                        backend: str | None = None) -> str:
     """The kernel "auto" stands for here: cuDNN's fused attention on a GPU
-    with 16-bit activations (its kernel's condition), else the einsum."""
+    with 16-bit activations (its kernel's condition), the Pallas flash
+    kernel on a TPU, else the einsum. (Where a kernel refuses the shapes
+    when traced, "auto" takes the einsum: brt.attention.attend's fallback.)"""
     if self.attention != "auto":
       return self.attention
-    if ((backend or jax.default_backend()) == "gpu"
-        and model.dtype in ("bfloat16", "float16")):
+    backend = backend or jax.default_backend()
+    if backend == "gpu" and model.dtype in ("bfloat16", "float16"):
       return "cudnn"
+    if backend == "tpu":
+      return "pallas_tpu"
     return "einsum"
 
   def remat_policy(self):

@@ -115,12 +115,61 @@ def test_unknown_kernel_is_rejected():
     brt.ExecutionConfig(attention="flash")
 
 
+@pytest.mark.parametrize("kv_heads", [4, 1])
+@pytest.mark.parametrize("per_head_scale,bias_scaled", [(False, False),
+                                                        (True, True)])
+def test_pallas_tpu_kernel_agrees_in_interpret_mode(kv_heads, per_head_scale,
+                                                    bias_scaled):
+  """jax's Pallas flash kernel for TPUs, run by its interpreter on this
+  CPU: the einsum's values and gradients, with a position bias, a mask and
+  a query that sees no key."""
+  from jax.experimental.pallas import tpu as pltpu
+  rng = np.random.RandomState(kv_heads)
+  b, nq, nk, h, d = 1, 8, 128, 4, 8
+  q = jnp.asarray(rng.randn(b, nq, h, d), jnp.float32)
+  k = jnp.asarray(rng.randn(b, nk, kv_heads, d), jnp.float32)
+  v = jnp.asarray(rng.randn(b, nk, kv_heads, d), jnp.float32)
+  bias = jnp.asarray(rng.randn(h, nq, nk), jnp.float32)
+  mask = rng.rand(b, 1, nq, nk) > 0.5
+  mask[..., 0, :] = False  # The first query sees nothing: reads zeros.
+  scale = jnp.asarray(rng.rand(h) + 0.5) if per_head_scale else 0.4
+  cot = jnp.asarray(rng.randn(b, nq, h, d), jnp.float32)
+
+  def run(impl, q, k, v, bias):
+    return attention.attend(q, k, v, scale=scale, bias=bias,
+                            mask=jnp.asarray(mask), impl=impl,
+                            bias_scaled=bias_scaled)
+
+  grads = lambda impl: jax.grad(
+      lambda *a: jnp.sum(run(impl, *a) * cot), argnums=(0, 1, 2, 3))(q, k, v, bias)
+  ref = run("einsum", q, k, v, bias)
+  with pltpu.force_tpu_interpret_mode():
+    out = run("pallas_tpu", q, k, v, bias)
+    got = grads("pallas_tpu")
+  np.testing.assert_allclose(out, ref, atol=1e-5, rtol=1e-5)
+  assert float(jnp.abs(out[:, 0]).max()) == 0
+  for a, e in zip(got, grads("einsum")):
+    np.testing.assert_allclose(a, e, atol=2e-5, rtol=1e-4)
+
+
+def test_pallas_tpu_kernel_refuses_shapes_it_cannot_take():
+  rng = np.random.RandomState(0)
+  q, k, v = (jnp.asarray(rng.randn(1, 8, 2, 8), jnp.float32)
+             for _ in range(3))
+  with pytest.raises(ValueError, match="keys in multiples of 128"):
+    attention.attend(q, k, v, scale=0.3, impl="pallas_tpu")
+  np.testing.assert_array_equal(
+      attention.attend(q, k, v, scale=0.3, impl="pallas_tpu", fallback=True),
+      attention.attend(q, k, v, scale=0.3))
+
+
 def test_auto_takes_cudnn_on_gpus_with_16_bit_activations_only():
   kernel = lambda dtype, backend: brt.ExecutionConfig().attention_kernel(
       tiny_config(dtype=dtype), backend)
   assert kernel("bfloat16", "gpu") == "cudnn"
   assert kernel("float32", "gpu") == "einsum"
-  assert kernel("bfloat16", "cpu") == kernel("bfloat16", "tpu") == "einsum"
+  assert kernel("bfloat16", "cpu") == kernel("float32", "cpu") == "einsum"
+  assert kernel("bfloat16", "tpu") == kernel("float32", "tpu") == "pallas_tpu"
   assert brt.ExecutionConfig(attention="xla").attention_kernel(
       tiny_config(), "gpu") == "xla"
 
@@ -138,3 +187,27 @@ def test_a_kernel_that_cannot_run_falls_back_only_when_asked():
   if jax.default_backend() != "gpu":
     with pytest.raises(RuntimeError, match="cuDNN"):
       attention.attend(q, k, v, scale=0.3, impl="cudnn")
+
+
+def test_model_on_the_pallas_tpu_kernel_in_interpret_mode():
+  """An XL model whose every attention fits the kernel (W = 64: 64 queries,
+  128 keys): the einsum model's logits and gradients."""
+  from jax.experimental.pallas import tpu as pltpu
+  cfg = tiny_config(block_width=64, num_layers=1, recurrent_layers=())
+  model, variables = init_model(cfg)
+  fused = brt.BlockRecurrentTransformer(
+      cfg, brt.ExecutionConfig(attention="pallas_tpu"))
+  tokens = random_tokens(4, 1, 2 * cfg.block_width)
+
+  def loss(m, params):
+    logits, _ = m.apply({"params": params}, tokens, m.initial_carry(1))
+    return jnp.mean(logits ** 2), logits
+
+  (l1, logits1), g1 = jax.value_and_grad(
+      lambda p: loss(model, p), has_aux=True)(variables["params"])
+  with pltpu.force_tpu_interpret_mode():
+    (l2, logits2), g2 = jax.value_and_grad(
+        lambda p: loss(fused, p), has_aux=True)(variables["params"])
+  np.testing.assert_allclose(logits2, logits1, atol=1e-4, rtol=1e-5)
+  for a, b in zip(jax.tree_util.tree_leaves(g2), jax.tree_util.tree_leaves(g1)):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-3)
