@@ -166,7 +166,7 @@ def port_child(args) -> dict:
 # --- brt (this venv) ------------------------------------------------------------
 
 
-def brt_side(args, options: dict) -> dict:
+def brt_side(args, options: dict, products: str) -> dict:
   import flax.linen as nn
   import jax
   import jax.numpy as jnp
@@ -184,8 +184,7 @@ def brt_side(args, options: dict) -> dict:
       num_heads=c["heads"], mlp_dim=2048, block_width=c["block"],
       num_states=c["states"], recurrent_layers=(c["recurrent_layer"],),
       **options)
-  # The CPU's products (the port is measured on this CPU).
-  execution = brt.ExecutionConfig(products="xla_cpu")
+  execution = brt.ExecutionConfig(products=products)
   model = brt.BlockRecurrentTransformer(cfg, execution)
   # Trained in --dtype; sampled in float32 (the same parameters serve both).
   train_model = brt.BlockRecurrentTransformer(
@@ -249,14 +248,18 @@ def main():
   parser.add_argument("--port_python", default=None,
                       help="an interpreter with torch and the port installed; "
                            "default: build .venv-port")
+  parser.add_argument("--products", nargs="+", default=["xla_cpu", "plain"],
+                      choices=("xla_cpu", "plain"),
+                      help="brt's ExecutionConfig.products, each measured")
   parser.add_argument("--_port_child", action="store_true",
                       help=argparse.SUPPRESS)
   args = parser.parse_args()
-  from brt import xla_cpu  # Imported here, as brt is everywhere in this script.
-  xla_cpu.tune_xla_flags()  # Before jax starts its CPU backend.
   if args._port_child:  # pylint: disable=protected-access
+    # The port's interpreter has torch and the port only, not brt.
     print("RESULT" + json.dumps(port_child(args)))
     return
+  from brt import xla_cpu
+  xla_cpu.tune_xla_flags()  # Before jax starts its CPU backend.
 
   python = args.port_python or ensure_port_venv()
   child = [python, __file__, "--_port_child",
@@ -265,8 +268,9 @@ def main():
   # One after the other, never at once: each gets every core.
   port = json.loads(subprocess.run(child, check=True, capture_output=True,
                                    text=True).stdout.split("RESULT")[-1])
-  sides = {f"brt {name}": brt_side(args, brt_options(name))
-           for name in args.brt_models}
+  sides = {f"brt {name}:{products}": brt_side(args, brt_options(name),
+                                               products)
+           for name in args.brt_models for products in args.products}
   sides["port"] = port
   for side in sides.values():
     side["train_gflops_per_s"] = (side["train_flops_per_step"] / 1e9
@@ -276,8 +280,8 @@ def main():
   print(f"brt on {first['device']}, port on {port['device']}; "
         f"training in {args.dtype}, sampling in float32")
   ours = [name for name in sides if name != "port"]
-  print(f"{'':28s}" + "".join(f"{name:>13s}" for name in sides)
-        + "".join(f"{name.split()[-1] + '/port':>15s}" for name in ours))
+  print(f"{'':28s}" + "".join(f"{name:>22s}" for name in sides)
+        + "".join(f"{name.split()[-1] + '/port':>22s}" for name in ours))
   for key, label, scale in (
       ("sample_tokens_per_s", "sampling tokens/s (batch 1)", 1),
       ("train_tokens_per_s", "training tokens/s (batch 4)", 1),
@@ -285,8 +289,8 @@ def main():
       ("train_gflops_per_s", "training GFLOP/s achieved", 1),
       ("params", "parameters (M)", 1e-6)):
     print(f"{label:28s}"
-          + "".join(f"{side[key] * scale:13.1f}" for side in sides.values())
-          + "".join(f"{sides[name][key] / port[key]:15.2f}" for name in ours))
+          + "".join(f"{side[key] * scale:22.1f}" for side in sides.values())
+          + "".join(f"{sides[name][key] / port[key]:22.2f}" for name in ours))
   out = args.out or ("bench_results/pytorch_port"
                       + ("" if args.dtype == "float32" else f"_{args.dtype}")
                       + ".json")
