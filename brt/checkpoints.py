@@ -175,6 +175,9 @@ class Checkpointer:
   def _restore_verified(self, target, model_config, step, params_only=False):
     where = f"{self.directory}/{step}"
     prefix = PARAMS if params_only else ""
+    # Before reading: a failed read's leftovers report from other threads
+    # even before the failure reaches the except clauses below.
+    _quiet_reads_left_in_flight()
     try:
       saved = self._manager.restore(step, args=ocp.args.Composite(
           config=ocp.args.JsonRestore(),
@@ -183,7 +186,6 @@ class Checkpointer:
       if _missing_integrity(e):
         saved = None
       else:
-        _quiet_reads_left_in_flight()
         raise DamagedCheckpointError(
             f"The checkpoint {where} is damaged: its config could not be "
             f"read ({type(e).__name__}: {_first_line(e)}).") from e
@@ -211,7 +213,6 @@ class Checkpointer:
     try:
       restored = self._manager.restore(step, args=args)
     except Exception as e:  # Unreadable array or JSON files.
-      _quiet_reads_left_in_flight()
       raise DamagedCheckpointError(
           f"The checkpoint {where} is damaged: its arrays could not be read "
           f"({type(e).__name__}: {_first_line(e)}).") from e
