@@ -94,8 +94,8 @@ class TrainConfig:
     object.__setattr__(self, "mesh_shape", tuple(self.mesh_shape))
     if self.profile_steps is not None:
       object.__setattr__(self, "profile_steps", tuple(self.profile_steps))
-      first, last = (self.profile_steps + (0, 0))[:2]
-      if len(self.profile_steps) != 2 or not 1 <= first <= last:
+      if (len(self.profile_steps) != 2
+          or not 1 <= self.profile_steps[0] <= self.profile_steps[1]):
         raise ValueError("TrainConfig: profile_steps is (first, last) with "
                          f"1 <= first <= last, got {self.profile_steps}.")
     if not isinstance(self.prefetch_batches, int) or self.prefetch_batches < 0:
@@ -180,8 +180,8 @@ def make_train_step(model: BlockRecurrentTransformer, tx, *,
       return loss_sum, grads, carry, tokens
 
     def split(x):  # (B, ...) -> (k, B / k, ...): group j holds rows j::k.
-      return None if x is None else jnp.swapaxes(
-          x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1)
+      # (tree_map passes over a reset that is None: it has no leaves.)
+      return jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1)
 
     def merge(x):  # The inverse of split.
       return jnp.swapaxes(x, 0, 1).reshape(-1, *x.shape[2:])
