@@ -5,7 +5,7 @@
 # sample. Rerunning it resumes the run in workdirs/demo instead of starting
 # over; `rm -r workdirs/demo` starts afresh.
 # Extra arguments go to every brt.main call, e.g.
-#   bash scripts/demo.sh --gin_param='TrainConfig.num_steps = 1000'
+#   bash scripts/demo.sh --gin_param='TrainConfig.num_steps = 3000'
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
